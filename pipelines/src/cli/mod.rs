@@ -1,0 +1,75 @@
+//! The `flyt` command line: argument parsing and one module per command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod doctor;
+mod inspect;
+pub use inspect::print_stats as inspect_print_stats;
+mod reshard;
+mod synth;
+
+/// flyt — Filter Like You Test: curate image-text pretraining data (WebDataset / DataComp).
+#[derive(Parser, Debug)]
+#[command(name = "flyt", version, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read shards and print per-shard stats and rejects.
+    Inspect(inspect::Args),
+    /// Write the samples a DataComp subset file selects, each repeated as often as listed, into new shards.
+    Reshard(reshard::Args),
+    /// Write a synthetic pool of shards in img2dataset's layout (for trying flyt out and for benchmarks).
+    Synth(synth::Args),
+    /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
+    Demo(crate::demo::Args),
+    /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.
+    Doctor(doctor::Args),
+}
+
+/// Runs the command line; returns the process exit code (0 ok, 1 error, 2 bad arguments).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLYT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("flyt: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs one command.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Reshard(a) => reshard::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Demo(a) => crate::demo::run(a),
+        Command::Doctor(a) => doctor::run(a),
+    }
+}
+
+/// Shard arguments: files, or directories whose `.tar`/`.tar.gz`/`.tgz` files are taken in name order.
+pub type ShardArgs = Vec<PathBuf>;

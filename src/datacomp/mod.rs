@@ -1,0 +1,11 @@
+//! DataComp's file formats: metadata parquet, embedding `.npz`, subset `.npy`.
+
+mod metadata;
+mod npy;
+mod npz;
+mod subset;
+
+pub use metadata::{MetadataRow, MetadataTable, read_metadata, write_metadata};
+pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
+pub use npz::{read_npz, read_npz_matrix, write_npz};
+pub use subset::{SubsetCounts, read_subset, write_subset};

@@ -1,0 +1,45 @@
+//! # flyt — Filter Like You Test
+//!
+//! The domain crate of flyt: sample and uid types, WebDataset and DataComp formats, and (in later modules)
+//! CLIP models, FLYT/M-FLYT scoring and Soft Cap Sampling. It has no dataflow; the `flyt-operators` crate wraps
+//! it in timely operators and `flyt-pipelines` builds pipelines and the `flyt` CLI from those.
+//!
+//! Reading a shard:
+//! ```
+//! # fn main() -> flyt::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! flyt::synth::SynthPool { shards: 1, samples_per_shard: 5, ..Default::default() }.write(dir.path())?;
+//! let mut ingest = flyt::Ingest::new(flyt::ReaderConfig::default());
+//! let mut captions = Vec::new();
+//! let stats = ingest.read_shard(dir.path().join("00000000.tar"), |r| {
+//!     if let flyt::Record::Sample(s) = r { captions.push(s.caption.clone().unwrap()); }
+//! })?;
+//! assert_eq!(stats.accepted, 5);
+//! assert!(stats.reconciles());
+//! # Ok(()) }
+//! ```
+
+mod datacomp;
+mod error;
+mod image_info;
+mod ingest;
+mod sample;
+pub mod synth;
+mod torch_runtime;
+mod uid;
+mod webdataset;
+
+pub use datacomp::{
+    MetadataRow, MetadataTable, NpyArray, NpyData, SubsetCounts, npy_bytes, parse_npy, read_metadata, read_npz,
+    read_npz_matrix, read_subset, write_metadata, write_npz, write_subset,
+};
+pub use error::{Error, Result};
+pub use image_info::{ImageInfo, sniff_image};
+pub use ingest::Ingest;
+pub use sample::{ImageFormat, Member, RejectReason, Rejected, Sample, ShardStats, UidSource};
+pub use torch_runtime::{TorchReport, init_torch_runtime, torch_report};
+pub use uid::{Uid, UidError};
+pub use webdataset::{
+    ReaderConfig, Record, ReshardReport, SampleBuilder, ShardReader, ShardWriter, WriterSummary, WrittenShard, reshard,
+    shard_name, split_member_name, write_atomic,
+};

@@ -1,0 +1,10 @@
+//! WebDataset shards: the streaming reader, the writer, and resharding.
+
+mod reader;
+mod reshard;
+pub(crate) mod tar;
+mod writer;
+
+pub use reader::{ReaderConfig, Record, ShardReader, shard_name, split_member_name};
+pub use reshard::{ReshardReport, reshard};
+pub use writer::{SampleBuilder, ShardWriter, WriterSummary, WrittenShard, write_atomic};
