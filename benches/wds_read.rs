@@ -28,7 +28,7 @@ fn main() {
     let samples: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(if bench { 10_000 } else { 200 });
     let repeats: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(if bench { 5 } else { 1 });
     let dir = tempfile::tempdir().expect("temp dir");
-    let pool = SynthPool { shards: 1, samples_per_shard: samples, image: SynthImage::Jpeg(160), seed: 1, dirt: 0.0 };
+    let pool = SynthPool { shards: 1, samples_per_shard: samples, image: SynthImage::Jpeg(124), seed: 1, dirt: 0.0 };
     let shard = pool.write(dir.path()).expect("writing the shard").remove(0);
     let size = std::fs::metadata(&shard).expect("stat").len();
     println!(

@@ -304,8 +304,7 @@ impl ShardReader {
         let result = if too_big {
             self.tar.skip_data(entry.size).map(|_| None)
         } else {
-            let mut data = vec![0u8; entry.size as usize];
-            self.tar.read_data_into(&mut data, entry.size).map(|_| Some(data))
+            self.tar.read_data(entry.size).map(Some)
         };
         let data = match result {
             Ok(d) => d,

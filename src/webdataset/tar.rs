@@ -214,6 +214,17 @@ impl<R: Read> TarReader<R> {
         self.skip_padding(size)
     }
 
+    /// Reads an entry's `size` bytes into a new vector (without zero-filling it first) and skips the padding.
+    pub fn read_data(&mut self, size: u64) -> Result<Vec<u8>, TarError> {
+        let mut v = Vec::with_capacity(size as usize);
+        let n = (&mut self.r).take(size).read_to_end(&mut v).map_err(|e| classify(e, "a member's data"))?;
+        if (n as u64) < size {
+            return Err(TarError::Truncated(format!("stream ends inside a member's data ({n} of {size} bytes)")));
+        }
+        self.skip_padding(size)?;
+        Ok(v)
+    }
+
     /// Skips an entry's `size` bytes and the padding.
     pub fn skip_data(&mut self, size: u64) -> Result<(), TarError> {
         let copied =

@@ -22,7 +22,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.matmul_check,
             if r.matmul_ok { "ok" } else { "WRONG" }
         );
-        println!("10 × 4096² f32 matmul on {}: {:.1} ms", r.device, r.matmul_ms);
+        println!("10 × {}² f32 matmul on {}: {:.1} ms", r.matmul_side, r.device, r.matmul_ms);
     }
     if !r.matmul_ok {
         anyhow::bail!("the tensor check gave a wrong result");
