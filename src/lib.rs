@@ -24,6 +24,7 @@ mod error;
 mod image_info;
 mod ingest;
 mod sample;
+pub mod sampling;
 pub mod synth;
 mod torch_runtime;
 mod uid;

@@ -19,8 +19,13 @@ use sha2::{Digest, Sha256};
 /// assert_eq!(uid.to_string(), "0123456789abcdef00000000000000ff");
 /// assert!("not-a-uid".parse::<Uid>().is_err());
 /// ```
+// Stored as two u64 (high first, so the derived order is (high, low)) rather than a u128, whose 16-byte
+// alignment would pad a (Uid, f64) pair to 32 bytes: pools of 10^8 pairs must fit in memory.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
-pub struct Uid(u128);
+pub struct Uid {
+    hi: u64,
+    lo: u64,
+}
 
 /// Why a string is not a uid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,27 +41,27 @@ pub enum UidError {
 impl Uid {
     /// The uid with the given high and low halves.
     pub const fn from_parts(high: u64, low: u64) -> Self {
-        Uid(((high as u128) << 64) | low as u128)
+        Uid { hi: high, lo: low }
     }
 
     /// The uid of a 128-bit integer.
     pub const fn from_u128(v: u128) -> Self {
-        Uid(v)
+        Uid { hi: (v >> 64) as u64, lo: v as u64 }
     }
 
     /// The uid as a 128-bit integer.
     pub const fn as_u128(self) -> u128 {
-        self.0
+        ((self.hi as u128) << 64) | self.lo as u128
     }
 
     /// The high 64 bits (DataComp subset field `f0`; the first 16 hex characters).
     pub const fn high(self) -> u64 {
-        (self.0 >> 64) as u64
+        self.hi
     }
 
     /// The low 64 bits (DataComp subset field `f1`; the last 16 hex characters).
     pub const fn low(self) -> u64 {
-        self.0 as u64
+        self.lo
     }
 
     /// Parses 32 hex characters (either case).
@@ -69,7 +74,7 @@ impl Uid {
             let d = c.to_digit(16).ok_or(UidError::NotHex(c, i))?;
             v = (v << 4) | d as u128;
         }
-        Ok(Uid(v))
+        Ok(Uid::from_u128(v))
     }
 
     /// The uid given to a sample that has none of its own (no `.json`, or no `"uid"` in it).
@@ -96,7 +101,7 @@ impl Uid {
         let digest = h.finalize();
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&digest[..16]);
-        Uid(u128::from_be_bytes(bytes))
+        Uid::from_u128(u128::from_be_bytes(bytes))
     }
 }
 
@@ -109,13 +114,13 @@ impl FromStr for Uid {
 
 impl fmt::Display for Uid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:016x}{:016x}", self.hi, self.lo)
     }
 }
 
 impl fmt::Debug for Uid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Uid({:032x})", self.0)
+        write!(f, "Uid({self})")
     }
 }
 
@@ -130,6 +135,12 @@ mod tests {
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
         assert_eq!(Uid::parse_hex(&a.to_string()).unwrap(), a);
+    }
+
+    #[test]
+    fn a_scored_pair_takes_24_bytes() {
+        assert_eq!(std::mem::size_of::<(Uid, f64)>(), 24);
+        assert_eq!(Uid::from_u128(0x1234 << 64 | 5).as_u128(), 0x1234 << 64 | 5);
     }
 
     #[test]
