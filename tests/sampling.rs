@@ -178,6 +178,11 @@ fn incremental_equals_batch() {
         assert!(p.iter().zip(&batch).all(|(x, &c)| acc.get(&x.0).copied().unwrap_or(0) == c as i64));
         assert!(inc.changes().is_empty());
     }
+    // Starting from a batch-initialised sampler, then adding the rest, is the same again.
+    let mut inc = IncrementalScs::with_pool(0.15, Target::Fixed(9_000), 5, &p[..7000]).unwrap();
+    assert_eq!(inc.changes().len(), inc.counts().len());
+    inc.insert(&p[7000..]).unwrap();
+    assert!(p.iter().zip(&batch).all(|(x, &c)| inc.count(x.0) == c));
     // Removal.
     let mut inc = IncrementalScs::new(0.15, Target::Ratio(0.75), 5).unwrap();
     inc.insert(&p).unwrap();

@@ -83,9 +83,55 @@ fn check_pool(pool: &[(Uid, f64)]) -> Result<()> {
     if let Some((i, (uid, s))) = pool.iter().enumerate().find(|(_, (_, s))| !s.is_finite()) {
         return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
     }
-    let mut uids: Vec<Uid> = pool.iter().map(|p| p.0).collect();
-    uids.sort_unstable();
-    if let Some(w) = uids.windows(2).find(|w| w[0] == w[1]) {
+    // Sort 64-bit fingerprints of the uids (a counting scatter into one bucket per thread by their top bits,
+    // then the buckets sorted in parallel); equal fingerprints are then checked against the uids themselves.
+    let n = pool.len();
+    let t = threads().min(n.div_ceil(1 << 16)).max(1).next_power_of_two();
+    let shift = 64 - t.trailing_zeros();
+    let bucket = |fp: u64| if t == 1 { 0 } else { (fp >> shift) as usize };
+    let fps: Vec<u64> = parallel_map(n, threads(), |i| mix(pool[i].0.high() ^ mix(pool[i].0.low())));
+    let mut starts = vec![0usize; t + 1];
+    for &fp in &fps {
+        starts[bucket(fp) + 1] += 1;
+    }
+    for b in 0..t {
+        starts[b + 1] += starts[b];
+    }
+    let mut sorted = vec![0u64; n];
+    let mut fill = starts.clone();
+    for &fp in &fps {
+        let b = bucket(fp);
+        sorted[fill[b]] = fp;
+        fill[b] += 1;
+    }
+    drop(fps);
+    let mut same: Vec<u64> = std::thread::scope(|s| {
+        let mut rest: &mut [u64] = &mut sorted;
+        let mut hs = Vec::new();
+        for b in 0..t {
+            let (part, tail) = rest.split_at_mut(starts[b + 1] - starts[b]);
+            rest = tail;
+            hs.push(s.spawn(move || {
+                part.sort_unstable();
+                part.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect::<Vec<u64>>()
+            }));
+        }
+        hs.into_iter().flat_map(|h| h.join().expect("sort thread panicked")).collect()
+    });
+    drop(sorted);
+    same.sort_unstable();
+    same.dedup();
+    let dup = if same.is_empty() {
+        None
+    } else {
+        // Rare: compare the uids behind equal fingerprints.
+        let mut cand: Vec<Uid> =
+            pool.iter().map(|p| p.0).filter(|u| same.binary_search(&mix(u.high() ^ mix(u.low()))).is_ok()).collect();
+        cand.sort_unstable();
+        cand.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    };
+    if let Some(d) = dup {
+        let w = [d, d];
         let rows: Vec<usize> = pool.iter().enumerate().filter(|(_, p)| p.0 == w[0]).map(|(i, _)| i).take(2).collect();
         return Err(Error::Config(format!("uid {} appears twice (rows {} and {})", w[0], rows[0], rows[1])));
     }
@@ -134,45 +180,62 @@ pub fn scs_threads(pool: &[(Uid, f64)], alpha: f64, target: u64, seed: u64, thre
         return Ok(vec![0; n]);
     }
     let threads = threads.max(1);
+    // FLYT_SCS_TRACE=1 prints the search's progress to stderr (for tuning on large pools).
+    let trace = std::env::var_os("FLYT_SCS_TRACE").is_some();
+    let t0 = std::time::Instant::now();
     let clock = |i: usize| Firings::new(seed, pool[i].0, pool[i].1, alpha);
     // First firing of every clock: examples whose first firing is after τ cost nothing more.
     let t1: Vec<f64> = parallel_map(n, threads, |i| clock(i).next().unwrap_or(f64::INFINITY));
     let count_at = |i: usize, tau: f64| if t1[i] > tau { 0 } else { clock(i).count_until(tau) };
-    let total = |tau: f64| parallel_sum(n, threads, |i| count_at(i, tau) as u64);
+    if trace {
+        eprintln!("scs: t1 at {:.3}s", t0.elapsed().as_secs_f64());
+    }
+    let total = |tau: f64| {
+        let c = parallel_sum(n, threads, |i| count_at(i, tau) as u64);
+        if trace {
+            eprintln!("scs: count({tau:.6}) = {c} at {:.3}s", t0.elapsed().as_secs_f64());
+        }
+        c
+    };
 
-    // Bracket ln τ. With α = 0 about T firings happen by τ = T / Σλ; with α > 0, fewer.
+    // Find ln τ by regula falsi on g(x) = ln(count(x) + 1) − ln(T + 1), which is close to linear in x = ln τ.
+    // With α = 0 about T firings happen by τ = T / Σλ; with α > 0, fewer: start there.
     let max = pool.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     let log_sum = max + pool.iter().map(|p| (p.1 - max).exp()).sum::<f64>().ln();
-    let guess = (target as f64).ln() - log_sum;
-    let (mut lo, mut hi) = (guess - 1.0, guess);
-    let mut step = 1.0;
-    let mut c_hi = total(hi);
-    while c_hi < target {
-        lo = hi;
-        hi += step;
-        step *= 2.0;
-        if !hi.is_finite() {
+    let g = |c: u64| (c as f64 + 1.0).ln() - (target as f64 + 1.0).ln();
+    let mut x = (target as f64).ln() - log_sum;
+    let mut c = total(x);
+    let (mut lo, mut c_lo) = (f64::NEG_INFINITY, 0u64);
+    let (mut hi, mut c_hi) = (f64::INFINITY, u64::MAX);
+    let mut prev: Option<(f64, u64)> = None;
+    loop {
+        if c >= target {
+            (hi, c_hi) = (x, c);
+        } else {
+            (lo, c_lo) = (x, c);
+        }
+        if lo.is_finite() && hi.is_finite() {
+            break;
+        }
+        // Step towards the target by the secant through the last two points (overshooting a little, so the
+        // next point likely brackets), or by one unit without history.
+        let dir = if c < target { 1.0 } else { -1.0 };
+        let step = match prev {
+            Some((px, pc)) if g(c) != g(pc) => (-g(c) * (x - px) / (g(c) - g(pc))).abs() * 1.2,
+            _ => 1.0,
+        };
+        prev = Some((x, c));
+        x += dir * step.clamp(0.01, 64.0);
+        if !x.is_finite() || x.abs() > 1e6 {
             return Err(Error::Config("scs cannot reach the target: scores too spread for f64 times".into()));
         }
-        c_hi = total(hi);
+        c = total(x);
     }
-    let mut c_lo = total(lo);
-    step = 1.0;
-    while c_lo >= target {
-        hi = lo;
-        c_hi = c_lo;
-        lo -= step;
-        step *= 2.0;
-        if !lo.is_finite() {
-            return Err(Error::Config("scs cannot bracket the target: scores too spread for f64 times".into()));
-        }
-        c_lo = total(lo);
-    }
-    // Narrow the bracket: interpolation steps (the count is smooth in ln τ), with a bisection every third step.
-    let window = 1u64 << 16;
+    // Narrow the bracket by regula falsi (a bisection every third step keeps it safe) until few firings remain.
+    let window = (1u64 << 16).max(target / 256);
     let mut iter = 0;
     while c_hi - c_lo > window && hi - lo > 1e-12 * (hi.abs() + 1.0) {
-        let frac = if iter % 3 == 2 { 0.5 } else { ((target - c_lo) as f64 / (c_hi - c_lo) as f64).clamp(0.02, 0.98) };
+        let frac = if iter % 3 == 2 { 0.5 } else { (-g(c_lo) / (g(c_hi) - g(c_lo))).clamp(0.02, 0.98) };
         let mid = lo + (hi - lo) * frac;
         let c = total(mid);
         if c >= target {
@@ -182,19 +245,57 @@ pub fn scs_threads(pool: &[(Uid, f64)], alpha: f64, target: u64, seed: u64, thre
         }
         iter += 1;
     }
-    // τ is the (T − c_lo)-th smallest firing in (lo, hi].
-    let mut between: Vec<f64> = parallel_collect(n, threads, |i, out: &mut Vec<f64>| {
-        if t1[i] <= hi {
-            out.extend(clock(i).take_while(|&t| t <= hi).filter(|&t| t > lo));
-        }
-    });
+    // One more pass: every example's count at lo, and the firings in (lo, hi] with their example. τ is the
+    // (T − c_lo)-th smallest of those; the counts at τ are the counts at lo plus the firings in (lo, τ].
+    let mut counts = vec![0u32; n];
+    let mut between: Vec<(f64, u32)> = Vec::new();
+    {
+        let (_, chunk) = chunks(n, threads);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = counts
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(j, part)| {
+                    let (clock, t1) = (&clock, &t1);
+                    s.spawn(move || {
+                        let mut found = Vec::new();
+                        for (k, out) in part.iter_mut().enumerate() {
+                            let i = j * chunk + k;
+                            if t1[i] > hi {
+                                continue;
+                            }
+                            for t in clock(i).take_while(|&t| t <= hi) {
+                                if t <= lo {
+                                    *out += 1;
+                                } else {
+                                    found.push((t, i as u32));
+                                }
+                            }
+                        }
+                        found
+                    })
+                })
+                .collect();
+            for h in hs {
+                between.extend(h.join().expect("sampler thread panicked"));
+            }
+        });
+    }
     let m = (target - c_lo) as usize;
     if between.len() < m {
         return Err(Error::Config("scs: inconsistent firing counts (non-finite scores?)".into()));
     }
-    between.select_nth_unstable_by(m - 1, |a, b| a.total_cmp(b));
-    let tau = between[m - 1];
-    Ok(parallel_map(n, threads, |i| count_at(i, tau)))
+    between.select_nth_unstable_by(m - 1, |a, b| a.0.total_cmp(&b.0));
+    let tau = between[m - 1].0;
+    for &(t, i) in &between {
+        if t <= tau {
+            counts[i as usize] += 1;
+        }
+    }
+    if trace {
+        eprintln!("scs: done at {:.3}s", t0.elapsed().as_secs_f64());
+    }
+    Ok(counts)
 }
 
 /// Threads to use: the machine's parallelism.
@@ -230,23 +331,6 @@ fn parallel_map<T: Send + Copy + Default>(n: usize, threads: usize, f: impl Fn(u
         }
     });
     out
-}
-
-fn parallel_collect<T: Send>(n: usize, threads: usize, f: impl Fn(usize, &mut Vec<T>) + Sync) -> Vec<T> {
-    let (t, chunk) = chunks(n, threads);
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..t)
-            .map(|j| {
-                let f = &f;
-                s.spawn(move || {
-                    let mut v = Vec::new();
-                    (j * chunk..((j + 1) * chunk).min(n)).for_each(|i| f(i, &mut v));
-                    v
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().expect("sampler thread panicked")).collect()
-    })
 }
 
 /// The size of the sample as a function of the pool.
@@ -347,6 +431,34 @@ impl IncrementalScs {
             last: BinaryHeap::new(),
             pending: HashMap::new(),
         })
+    }
+
+    /// A sampler over `pool`, initialised from the batch sampler [`scs`] in O(N + T) (much faster than
+    /// inserting the pool). Every selected uid is reported by the first [`IncrementalScs::changes`].
+    pub fn with_pool(alpha: f64, target: Target, seed: u64, pool: &[(Uid, f64)]) -> Result<Self> {
+        let mut me = Self::new(alpha, target, seed)?;
+        let t = target.for_pool(pool.len());
+        let counts = scs(pool, alpha, t, seed)?;
+        let times: Vec<(f64, f64)> = parallel_map(pool.len(), threads(), |i| {
+            let mut f = Firings::new(seed, pool[i].0, pool[i].1, alpha);
+            let last =
+                if counts[i] > 0 { f.nth(counts[i] as usize - 1).unwrap_or(f64::INFINITY) } else { f64::NEG_INFINITY };
+            (last, f.next().unwrap_or(f64::INFINITY))
+        });
+        me.slots =
+            pool.iter().zip(&counts).map(|(&(uid, score), &count)| Slot { uid, score, count, alive: true }).collect();
+        me.index = pool.iter().enumerate().map(|(i, p)| (p.0, i as u32)).collect();
+        me.alive = pool.len();
+        me.selected = t;
+        me.next = times.iter().enumerate().map(|(i, tt)| Reverse((Time(tt.1), i as u32, counts[i]))).collect();
+        me.last = times
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| counts[*i] > 0)
+            .map(|(i, tt)| (Time(tt.0), i as u32, counts[i]))
+            .collect();
+        me.pending = pool.iter().zip(&counts).filter(|(_, c)| **c > 0).map(|(p, _)| (p.0, 0)).collect();
+        Ok(me)
     }
 
     /// Live examples.

@@ -8,6 +8,7 @@ mod doctor;
 mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
+mod sample;
 mod synth;
 
 /// flyt — Filter Like You Test: curate image-text pretraining data (WebDataset / DataComp).
@@ -26,6 +27,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Write the samples a DataComp subset file selects, each repeated as often as listed, into new shards.
     Reshard(reshard::Args),
+    /// Sample the training subset from scores: SCS (exact or in rounds), HCS or top-k; writes a DataComp subset.
+    Sample(sample::Args),
     /// Write a synthetic pool of shards in img2dataset's layout (for trying flyt out and for benchmarks).
     Synth(synth::Args),
     /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
@@ -65,6 +68,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(a) => inspect::run(a),
         Command::Reshard(a) => reshard::run(a),
+        Command::Sample(a) => sample::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Doctor(a) => doctor::run(a),

@@ -1,0 +1,140 @@
+//! Score tables: (uid, score) pairs from parquet or from a subset-style uid `.npy` plus a float `.npy`, and
+//! (uid, count) tables written as parquet.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, UInt32Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::npy::parse_npy;
+use super::subset::read_subset;
+use crate::{Error, Result, Uid};
+
+/// Checks a score table: every score finite and every uid once. Errors name the file and row(s).
+pub fn check_scores(path: &Path, pairs: &[(Uid, f64)]) -> Result<()> {
+    if let Some((i, (uid, s))) = pairs.iter().enumerate().find(|(_, (_, s))| !s.is_finite()) {
+        return Err(Error::format(path, format!("row {i}"), format!("score of uid {uid} is {s}, not a finite number")));
+    }
+    let mut order: Vec<u32> = (0..pairs.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| pairs[i as usize].0);
+    if let Some(w) = order.windows(2).find(|w| pairs[w[0] as usize].0 == pairs[w[1] as usize].0) {
+        let (a, b) = (w[0].min(w[1]), w[0].max(w[1]));
+        return Err(Error::format(
+            path,
+            format!("rows {a} and {b}"),
+            format!("uid {} appears twice", pairs[a as usize].0),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads (uid, score) pairs from a parquet file with a `uid` column (32 hex characters) and a numeric score
+/// column. A bad or null uid, a null or non-finite score, or a repeated uid is an error naming the row.
+pub fn read_scores_parquet(path: impl AsRef<Path>, column: &str) -> Result<Vec<(Uid, f64)>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(1 << 16).build().map_err(pq)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let get = |name: &str| -> Result<&ArrayRef> {
+            schema
+                .index_of(name)
+                .map(|i| batch.column(i))
+                .map_err(|_| Error::format(path, name, format!("no such column; the file has {}", names.join(", "))))
+        };
+        let uid = get("uid")?;
+        let score = get(column)?;
+        for r in 0..batch.num_rows() {
+            let row = out.len();
+            if uid.is_null(r) {
+                return Err(Error::format(path, format!("row {row}"), "uid is null"));
+            }
+            let text = match uid.data_type() {
+                DataType::Utf8 => uid.as_string::<i32>().value(r),
+                DataType::LargeUtf8 => uid.as_string::<i64>().value(r),
+                DataType::Utf8View => uid.as_string_view().value(r),
+                t => return Err(Error::format(path, "uid", format!("column type {t} is not a string type"))),
+            };
+            let u = Uid::parse_hex(text)
+                .map_err(|e| Error::format(path, format!("row {row}"), format!("uid {text:?}: {e}")))?;
+            if score.is_null(r) {
+                return Err(Error::format(path, format!("row {row}"), format!("{column} is null")));
+            }
+            let s = match score.data_type() {
+                DataType::Float64 => score.as_primitive::<Float64Type>().value(r),
+                DataType::Float32 => score.as_primitive::<Float32Type>().value(r) as f64,
+                DataType::Float16 => score.as_primitive::<Float16Type>().value(r).to_f64(),
+                DataType::Int64 => score.as_primitive::<Int64Type>().value(r) as f64,
+                DataType::Int32 => score.as_primitive::<Int32Type>().value(r) as f64,
+                t => return Err(Error::format(path, column, format!("column type {t} is not numeric"))),
+            };
+            out.push((u, s));
+        }
+    }
+    check_scores(path, &out)?;
+    Ok(out)
+}
+
+/// Reads (uid, score) pairs from a subset-style uid file (`.npy`, see [`read_subset`]) and a 1-D float `.npy`
+/// of the same length.
+pub fn read_scores_npy(uids: impl AsRef<Path>, values: impl AsRef<Path>) -> Result<Vec<(Uid, f64)>> {
+    let (uids_path, values_path) = (uids.as_ref(), values.as_ref());
+    let uids = read_subset(uids_path)?;
+    let bytes = std::fs::read(values_path).map_err(|e| Error::io(values_path, e))?;
+    let arr = parse_npy(&bytes, values_path, "scores")?;
+    if arr.shape.len() != 1 {
+        return Err(Error::format(values_path, "scores", format!("expected a 1-D array, shape is {:?}", arr.shape)));
+    }
+    let values: Vec<f64> = match &arr.data {
+        super::NpyData::F64(v) => v.clone(),
+        _ => arr
+            .to_f32()
+            .ok_or_else(|| Error::format(values_path, "scores", "not a float array"))?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    };
+    if values.len() != uids.len() {
+        return Err(Error::format(
+            values_path,
+            "scores",
+            format!("{} scores for {} uids in {}", values.len(), uids.len(), uids_path.display()),
+        ));
+    }
+    let pairs: Vec<(Uid, f64)> = uids.into_iter().zip(values).collect();
+    check_scores(values_path, &pairs)?;
+    Ok(pairs)
+}
+
+/// Writes (uid, count) rows as parquet (`uid` as 32 hex characters, `count` uint32), published atomically.
+pub fn write_counts_parquet(path: impl AsRef<Path>, counts: &[(Uid, u32)]) -> Result<()> {
+    let path = path.as_ref();
+    let mut uid = StringBuilder::new();
+    let mut count = UInt32Builder::new();
+    for (u, c) in counts {
+        uid.append_value(u.to_string());
+        count.append_value(*c);
+    }
+    let cols: Vec<(&str, ArrayRef)> = vec![("uid", Arc::new(uid.finish())), ("count", Arc::new(count.finish()))];
+    let batch = RecordBatch::try_from_iter(cols)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
+    w.write(&batch).map_err(pq)?;
+    w.close().map_err(pq)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
