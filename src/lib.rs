@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clip;
 mod datacomp;
 mod error;
 mod image_info;

@@ -1,0 +1,9 @@
+//! CLIP in tch: Hugging Face checkpoints (config + safetensors), the BPE tokenizer.
+
+mod config;
+mod model;
+mod tokenizer;
+
+pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use model::{l2_normalize, Clip};
+pub use tokenizer::ClipTokenizer;

@@ -1,0 +1,188 @@
+//! CLIP parity with Hugging Face transformers: the tokenizer on 10,000 real web captions, and a tiny random
+//! `CLIPModel` saved by transformers, loaded by flyt (and back), giving the same embeddings.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::run_python;
+use flyt::clip::{l2_normalize, Clip, ClipTokenizer};
+use tch::{Device, Kind, Tensor};
+
+fn bpe_vocab() -> PathBuf {
+    let p = std::env::var("FLYT_CLIP_BPE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/clip/bpe_simple_vocab_16e6.txt.gz"));
+    assert!(p.exists(), "{} is missing: run `./x test`", p.display());
+    p
+}
+
+fn laion() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/laion_alt_text_10000.parquet")
+}
+
+#[test]
+fn tokenizer_matches_transformers_on_real_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ids.jsonl");
+    run_python(
+        r##"
+import sys, gzip, json, pyarrow.parquet as pq
+from transformers import CLIPTokenizer
+bpe, parquet, tmp, out = sys.argv[1:5]
+lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+merges = [tuple(l.split()) for l in lines]
+bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+cs, n = bs[:], 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b); cs.append(256 + n); n += 1
+byte_chars = [chr(c) for c in cs]
+vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+json.dump({t: i for i, t in enumerate(vocab)}, open(tmp + "/vocab.json", "w"))
+open(tmp + "/merges.txt", "w").write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+tok = CLIPTokenizer(vocab_file=tmp + "/vocab.json", merges_file=tmp + "/merges.txt")
+tok = CLIPTokenizer.from_pretrained(tmp) if len(tok.get_vocab()) < 49408 else tok
+assert len(tok.get_vocab()) == 49408, len(tok.get_vocab())
+texts = [t for t in pq.read_table(parquet).column("TEXT").to_pylist() if t is not None]
+with open(out, "w") as f:
+    for t in texts:
+        ids = tok(t, truncation=True, max_length=77)["input_ids"]
+        f.write(json.dumps({"text": t, "ids": ids}) + "\n")
+print(len(texts))
+"##,
+        &[bpe_vocab().to_str().unwrap(), laion().to_str().unwrap(), dir.path().to_str().unwrap(), out.to_str().unwrap()],
+    );
+    let ours = ClipTokenizer::from_open_clip_vocab(bpe_vocab()).unwrap();
+    let hf_dir = ClipTokenizer::from_hf_dir(dir.path()).unwrap();
+    let mut n = 0;
+    let mut mismatches = Vec::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = v["text"].as_str().unwrap();
+        let want: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let got = ours.encode(text);
+        assert_eq!(got, hf_dir.encode(text));
+        if got != want {
+            mismatches.push((text.to_string(), got, want));
+        }
+        n += 1;
+    }
+    assert!(n > 9000, "{n} captions");
+    assert!(mismatches.is_empty(), "{} of {n} captions differ; first: {:?}", mismatches.len(), &mismatches[..mismatches.len().min(3)]);
+}
+
+const TINY: &str = r#"
+import sys, numpy as np, torch
+from transformers import CLIPConfig, CLIPModel
+torch.manual_seed(0)
+cfg = CLIPConfig(
+    text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=77, hidden_act=sys.argv[2]),
+    vision_config=dict(hidden_size=48, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+                       image_size=32, patch_size=8, hidden_act=sys.argv[2]),
+    projection_dim=16)
+model = CLIPModel(cfg).eval()
+# Random weights everywhere, including layer norms and biases, so that every parameter matters.
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+model.save_pretrained(sys.argv[1], safe_serialization=True)
+rng = np.random.default_rng(0)
+pixels = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+ids = np.full((3, 77), 49407, dtype=np.int64)
+for i, n in enumerate([5, 77, 12]):
+    ids[i, 0] = 49406
+    ids[i, 1:n - 1] = rng.integers(0, 49406, n - 2)
+    ids[i, n - 1] = 49407
+np.save(sys.argv[1] + "/pixels.npy", pixels)
+np.save(sys.argv[1] + "/ids.npy", ids)
+with torch.no_grad():
+    out = model(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels))
+np.save(sys.argv[1] + "/img.npy", out.image_embeds.numpy())
+np.save(sys.argv[1] + "/txt.npy", out.text_embeds.numpy())
+np.save(sys.argv[1] + "/logits.npy", np.ascontiguousarray(out.logits_per_image.numpy()))
+"#;
+
+fn npy(path: &Path) -> Tensor {
+    let a = flyt::parse_npy(&std::fs::read(path).unwrap(), path, "test").unwrap();
+    let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
+    match &a.data {
+        flyt::NpyData::I64(v) => Tensor::from_slice(v).view(shape.as_slice()),
+        _ => Tensor::from_slice(&a.to_f32().unwrap()).view(shape.as_slice()),
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn tiny_transformers_clip_loads_and_matches() {
+    for act in ["quick_gelu", "gelu"] {
+        let dir = tempfile::tempdir().unwrap();
+        run_python(TINY, &[dir.path().to_str().unwrap(), act]);
+        let (_vs, model) = Clip::load(dir.path(), Device::Cpu).unwrap();
+        let pixels = npy(&dir.path().join("pixels.npy"));
+        let ids = npy(&dir.path().join("ids.npy"));
+        let (img, txt) = tch::no_grad(|| {
+            (l2_normalize(&model.image_features(&pixels)), l2_normalize(&model.text_features(&ids)))
+        });
+        let (want_img, want_txt) = (npy(&dir.path().join("img.npy")), npy(&dir.path().join("txt.npy")));
+        assert!(max_diff(&img, &want_img) < 1e-4, "{act}: image embeddings differ by {}", max_diff(&img, &want_img));
+        assert!(max_diff(&txt, &want_txt) < 1e-4, "{act}: text embeddings differ by {}", max_diff(&txt, &want_txt));
+        let logits = img.matmul(&txt.tr()) * model.logit_scale.exp();
+        assert!(max_diff(&logits, &npy(&dir.path().join("logits.npy"))) < 1e-3);
+        assert_eq!(img.kind(), Kind::Float);
+    }
+}
+
+#[test]
+fn a_model_flyt_saves_loads_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    run_python(TINY, &[src.to_str().unwrap(), "quick_gelu"]);
+    let (vs, model) = Clip::load(&src, Device::Cpu).unwrap();
+    // Change the weights, so the round trip cannot pass by reading the original file.
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let _ = v.g_mul_scalar_(1.01);
+        }
+    });
+    let out = dir.path().join("saved");
+    model.save(&vs, &out).unwrap();
+    let pixels = npy(&src.join("pixels.npy"));
+    let ids = npy(&src.join("ids.npy"));
+    let (img, txt) =
+        tch::no_grad(|| (l2_normalize(&model.image_features(&pixels)), l2_normalize(&model.text_features(&ids))));
+    let got = run_python(
+        r#"
+import sys, numpy as np, torch
+from transformers import CLIPModel
+m = CLIPModel.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    o = m(input_ids=torch.from_numpy(np.load(sys.argv[2])), pixel_values=torch.from_numpy(np.load(sys.argv[3])))
+np.save(sys.argv[1] + "/img.npy", o.image_embeds.numpy())
+np.save(sys.argv[1] + "/txt.npy", o.text_embeds.numpy())
+print("ok")
+"#,
+        &[out.to_str().unwrap(), src.join("ids.npy").to_str().unwrap(), src.join("pixels.npy").to_str().unwrap()],
+    );
+    assert_eq!(got.trim(), "ok");
+    assert!(max_diff(&img, &npy(&out.join("img.npy"))) < 1e-4);
+    assert!(max_diff(&txt, &npy(&out.join("txt.npy"))) < 1e-4);
+    assert!(max_diff(&img, &npy(&src.join("img.npy"))) > 1e-4, "the saved weights are the changed ones");
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Clip::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::write(dir.path().join("config.json"), r#"{"text_config": {"hidden_size": 30, "num_attention_heads": 4}, "vision_config": {}}"#).unwrap();
+    let err = Clip::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("not a positive multiple"), "{err}");
+    std::fs::write(dir.path().join("config.json"), r#"{"text_config": {}, "vision_config": {}}"#).unwrap();
+    let err = Clip::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
