@@ -186,3 +186,83 @@ fn bad_checkpoints_are_clear_errors() {
     let err = Clip::load(dir.path(), Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+/// Preprocessing equals `CLIPImageProcessor` (PIL backend) within 1/255 per pixel before normalisation, on
+/// JPEG (RGB 4:2:0, progressive, grayscale, CMYK), PNG (RGB, RGBA, palette, grayscale) and WebP files written by
+/// PIL, upscaled and downscaled, portrait and landscape, and on the real PNGs of webdataset's sample shard.
+#[test]
+fn preprocessing_matches_clip_image_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/webdataset_sample.tgz");
+    let listing = run_python(
+        r#"
+import sys, io, tarfile, numpy as np
+from PIL import Image
+from transformers import CLIPImageProcessor
+out, sample = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+def photo(w, h):
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 100 * np.sin(x / 17.0 + c) * np.cos(y / 23.0 - c) for c in range(3)], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+files = []
+for i, (w, h) in enumerate([(300, 200), (180, 400), (224, 224), (50, 61), (640, 97)]):
+    im = photo(w, h)
+    im.save(f"{out}/rgb{i}.jpg", quality=90); files.append(f"rgb{i}.jpg")
+    im.save(f"{out}/prog{i}.jpg", quality=85, progressive=True); files.append(f"prog{i}.jpg")
+    im.convert("L").save(f"{out}/gray{i}.jpg", quality=90); files.append(f"gray{i}.jpg")
+    im.convert("CMYK").save(f"{out}/cmyk{i}.jpg", quality=92); files.append(f"cmyk{i}.jpg")
+    im.save(f"{out}/rgb{i}.png"); files.append(f"rgb{i}.png")
+    a = im.convert("RGBA"); a.putalpha(Image.fromarray((np.arange(w * h).reshape(h, w) % 256).astype(np.uint8)))
+    a.save(f"{out}/rgba{i}.png"); files.append(f"rgba{i}.png")
+    im.convert("P", palette=Image.ADAPTIVE, colors=64).save(f"{out}/pal{i}.png"); files.append(f"pal{i}.png")
+    im.convert("L").save(f"{out}/gray{i}.png"); files.append(f"gray{i}.png")
+    im.save(f"{out}/lossless{i}.webp", lossless=True); files.append(f"lossless{i}.webp")
+with tarfile.open(sample) as t:
+    for m in t.getmembers()[:40]:
+        if m.name.endswith(".png"):
+            name = "sample_" + m.name.replace("/", "_")
+            open(f"{out}/{name}", "wb").write(t.extractfile(m).read()); files.append(name)
+proc = CLIPImageProcessor(do_rescale=False, do_normalize=False)
+for f in files:
+    px = proc(Image.open(f"{out}/{f}"), return_tensors="np")["pixel_values"][0]
+    np.save(f"{out}/{f}.npy", np.ascontiguousarray(px.astype(np.float32)))
+print("\n".join(files))
+"#,
+        &[dir.path().to_str().unwrap(), sample.to_str().unwrap()],
+    );
+    let files: Vec<&str> = listing.lines().collect();
+    assert!(files.len() > 45, "{files:?}");
+    let mut worst = (0.0f64, String::new());
+    for f in &files {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap();
+        let ours = flyt::clip::preprocess::preprocess(&bytes, 224, 224).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let ours = Tensor::from_slice(&ours).view([224, 224, 3]).permute([2, 0, 1]).to_kind(Kind::Float);
+        let want = npy(&dir.path().join(format!("{f}.npy")));
+        let d = max_diff(&ours, &want);
+        if std::env::var_os("FLYT_DEBUG").is_some() { eprintln!("{f}: {d}"); }
+        if d > worst.0 {
+            worst = (d, f.to_string());
+        }
+    }
+    assert!(worst.0 <= 1.0, "largest difference {} (of 255) on {}", worst.0, worst.1);
+}
+
+#[test]
+fn undecodable_and_oversized_images_are_refused_with_a_reason() {
+    use flyt::clip::preprocess::decode_rgb;
+    assert!(decode_rgb(b"not an image").unwrap_err().contains("unrecognised"));
+    // A PNG header declaring 100000 x 100000 pixels.
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&100_000u32.to_be_bytes());
+    png.extend_from_slice(&100_000u32.to_be_bytes());
+    png.extend_from_slice(&[8, 2, 0, 0, 0]);
+    assert!(decode_rgb(&png).unwrap_err().contains("limit"));
+    // A truncated JPEG: both decoders are tried, and the reason names them.
+    let mut rng = flyt::synth::SplitMix64::new(1);
+    let jpg = flyt::synth::jpeg_image(64, &mut rng);
+    let err = decode_rgb(&jpg[..jpg.len() / 3]);
+    if let Err(e) = err {
+        assert!(e.contains("zune-jpeg") && e.contains("libjpeg"), "{e}");
+    }
+}

@@ -2,6 +2,7 @@
 
 mod config;
 mod model;
+pub mod preprocess;
 mod tokenizer;
 
 pub use config::{ClipConfig, TextConfig, VisionConfig};
