@@ -152,8 +152,8 @@ impl ClipConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: ClipConfig =
-            serde_json::from_str(&text).map_err(|e| Error::format(path, "config", format!("not a CLIP config: {e}")))?;
+        let c: ClipConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, "config", format!("not a CLIP config: {e}")))?;
         c.validate().map_err(|reason| Error::format(path, "config", reason))?;
         Ok(c)
     }
@@ -161,7 +161,9 @@ impl ClipConfig {
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let (t, v) = (&self.text_config, &self.vision_config);
-        for (name, width, heads) in [("text", t.hidden_size, t.num_attention_heads), ("vision", v.hidden_size, v.num_attention_heads)] {
+        for (name, width, heads) in
+            [("text", t.hidden_size, t.num_attention_heads), ("vision", v.hidden_size, v.num_attention_heads)]
+        {
             if width <= 0 || heads <= 0 || width % heads != 0 {
                 return Err(format!("{name} hidden_size {width} is not a positive multiple of its {heads} heads"));
             }

@@ -35,7 +35,7 @@ impl Attention {
         let v = split(self.v.forward(x));
         let mut att = q.matmul(&k.transpose(-1, -2));
         if let Some(m) = mask {
-            att = att + m;
+            att += m;
         }
         let att = att.softmax(-1, att.kind());
         let y = att.matmul(&v).transpose(1, 2).contiguous().view([b, l, d]);
@@ -114,13 +114,27 @@ impl Clip {
         let ve = &vp / "embeddings";
         let grid = v.image_size / v.patch_size;
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
-        let ln = |p: nn::Path, w: i64, eps: f64| nn::layer_norm(p, vec![w], nn::LayerNormConfig { eps, ..Default::default() });
+        let ln = |p: nn::Path, w: i64, eps: f64| {
+            nn::layer_norm(p, vec![w], nn::LayerNormConfig { eps, ..Default::default() })
+        };
         let std = |s: f64| nn::Init::Randn { mean: 0.0, stdev: s };
         Ok(Clip {
             config: config.clone(),
             token_embedding: nn::embedding(&te / "token_embedding", t.vocab_size, t.hidden_size, Default::default()),
-            text_position: (&te / "position_embedding").var("weight", &[t.max_position_embeddings, t.hidden_size], std(0.01)),
-            text_layers: encoder(tp.clone(), t.num_hidden_layers, t.hidden_size, t.intermediate_size, t.num_attention_heads, t.layer_norm_eps, &t.hidden_act),
+            text_position: (&te / "position_embedding").var(
+                "weight",
+                &[t.max_position_embeddings, t.hidden_size],
+                std(0.01),
+            ),
+            text_layers: encoder(
+                tp.clone(),
+                t.num_hidden_layers,
+                t.hidden_size,
+                t.intermediate_size,
+                t.num_attention_heads,
+                t.layer_norm_eps,
+                &t.hidden_act,
+            ),
             final_ln: ln(&tp / "final_layer_norm", t.hidden_size, t.layer_norm_eps),
             text_projection: nn::linear(root / "text_projection", t.hidden_size, config.projection_dim, no_bias),
             class_embedding: ve.var("class_embedding", &[v.hidden_size], std((v.hidden_size as f64).powf(-0.5))),
@@ -133,7 +147,15 @@ impl Clip {
             ),
             vision_position: (&ve / "position_embedding").var("weight", &[grid * grid + 1, v.hidden_size], std(0.02)),
             pre_ln: ln(&vp / "pre_layrnorm", v.hidden_size, v.layer_norm_eps),
-            vision_layers: encoder(vp.clone(), v.num_hidden_layers, v.hidden_size, v.intermediate_size, v.num_attention_heads, v.layer_norm_eps, &v.hidden_act),
+            vision_layers: encoder(
+                vp.clone(),
+                v.num_hidden_layers,
+                v.hidden_size,
+                v.intermediate_size,
+                v.num_attention_heads,
+                v.layer_norm_eps,
+                &v.hidden_act,
+            ),
             post_ln: ln(&vp / "post_layernorm", v.hidden_size, v.layer_norm_eps),
             visual_projection: nn::linear(root / "visual_projection", v.hidden_size, config.projection_dim, no_bias),
             logit_scale: root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
@@ -149,7 +171,11 @@ impl Clip {
         let model = Clip::new(&vs.root(), &config)?;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
-            return Err(Error::format(dir, "model.safetensors", "missing: flyt loads CLIP weights in safetensors format"));
+            return Err(Error::format(
+                dir,
+                "model.safetensors",
+                "missing: flyt loads CLIP weights in safetensors format",
+            ));
         }
         vs.load(&weights).map_err(|e| Error::format(&weights, "weights", e.to_string()))?;
         vs.set_kind(Kind::Float);

@@ -2,8 +2,8 @@
 //! (transparency composited onto white), resize the shortest side with PIL's bicubic filter, centre-crop,
 //! rescale to [0, 1] and normalise with OpenAI's mean and std.
 
-use crate::image_info::sniff_image;
 use crate::ImageFormat;
+use crate::image_info::sniff_image;
 
 /// OpenAI CLIP's per-channel mean.
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -33,7 +33,10 @@ fn over_white(v: u8, a: u8) -> u8 {
 }
 
 fn from_rgba(width: usize, height: usize, rgba: &[u8]) -> RgbImage {
-    let data = rgba.chunks_exact(4).flat_map(|p| [over_white(p[0], p[3]), over_white(p[1], p[3]), over_white(p[2], p[3])]).collect();
+    let data = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [over_white(p[0], p[3]), over_white(p[1], p[3]), over_white(p[2], p[3])])
+        .collect();
     RgbImage { width, height, data }
 }
 
@@ -98,7 +101,10 @@ fn decode_jpeg_libjpeg(bytes: &[u8], scale: u8) -> Result<RgbImage, String> {
         Ok(Err(e)) => Err(format!("libjpeg: {e}")),
         Err(p) => Err(format!(
             "libjpeg: {}",
-            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
         )),
     }
 }
@@ -258,7 +264,11 @@ pub fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
 /// `⌊size · long / short⌋`) → centre crop `crop × crop` (offsets `⌊(dim − crop) / 2⌋`). Returns `crop²·3` bytes.
 pub fn resize_and_crop(img: &RgbImage, size: usize, crop: usize) -> Vec<u8> {
     let (w, h) = (img.width, img.height);
-    let (nw, nh) = if w <= h { (size, (size as f64 * h as f64 / w as f64) as usize) } else { ((size as f64 * w as f64 / h as f64) as usize, size) };
+    let (nw, nh) = if w <= h {
+        (size, (size as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((size as f64 * w as f64 / h as f64) as usize, size)
+    };
     let r = resize_bicubic(img, nw, nh);
     let mut out = vec![255u8; crop * crop * 3];
     // transformers pads with zeros when the crop is larger than the image; keep its offsets.

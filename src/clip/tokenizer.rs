@@ -18,7 +18,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (b'!' as u32..=b'~' as u32).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (b'!' as u32..=b'~' as u32).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).expect("valid")
         } else {
@@ -51,8 +52,10 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// From a vocabulary (token → id) and merges in rank order.
     pub fn new(encoder: HashMap<String, u32>, merges: Vec<(String, String)>) -> Result<Self> {
-        let sot = *encoder.get("<|startoftext|>").ok_or_else(|| Error::Config("vocabulary has no <|startoftext|>".into()))?;
-        let eot = *encoder.get("<|endoftext|>").ok_or_else(|| Error::Config("vocabulary has no <|endoftext|>".into()))?;
+        let sot =
+            *encoder.get("<|startoftext|>").ok_or_else(|| Error::Config("vocabulary has no <|startoftext|>".into()))?;
+        let eot =
+            *encoder.get("<|endoftext|>").ok_or_else(|| Error::Config("vocabulary has no <|endoftext|>".into()))?;
         let ranks = merges.into_iter().enumerate().map(|(i, m)| (m, i as u32)).collect();
         Ok(ClipTokenizer {
             encoder,
@@ -77,11 +80,16 @@ impl ClipTokenizer {
         let lines: Vec<&str> = text.split('\n').collect();
         let n_merges = 49152 - 256 - 2;
         if lines.len() < n_merges + 1 {
-            return Err(Error::format(path, "merges", format!("{} lines, expected at least {}", lines.len(), n_merges + 1)));
+            return Err(Error::format(
+                path,
+                "merges",
+                format!("{} lines, expected at least {}", lines.len(), n_merges + 1),
+            ));
         }
         let mut merges = Vec::with_capacity(n_merges);
         for (i, l) in lines[1..=n_merges].iter().enumerate() {
-            let (a, b) = l.split_once(' ').ok_or_else(|| Error::format(path, format!("line {}", i + 2), "not a merge pair"))?;
+            let (a, b) =
+                l.split_once(' ').ok_or_else(|| Error::format(path, format!("line {}", i + 2), "not a merge pair"))?;
             merges.push((a.to_string(), b.to_string()));
         }
         // The vocabulary starts with the byte symbols in GPT-2's table order: the printable bytes first (which
@@ -100,7 +108,8 @@ impl ClipTokenizer {
     /// From a Hugging Face checkpoint folder: `vocab.json` + `merges.txt`, or `tokenizer.json`.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let (vocab_path, merges_path, tok_path) = (dir.join("vocab.json"), dir.join("merges.txt"), dir.join("tokenizer.json"));
+        let (vocab_path, merges_path, tok_path) =
+            (dir.join("vocab.json"), dir.join("merges.txt"), dir.join("tokenizer.json"));
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
         let parse_merge = |p: &Path, i: usize, l: &str| -> Result<(String, String)> {
             l.split_once(' ')
@@ -119,8 +128,8 @@ impl ClipTokenizer {
                 .collect::<Result<Vec<_>>>()?;
             return Self::new(encoder, merges);
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&read(&tok_path)?).map_err(|e| Error::format(&tok_path, "tokenizer", e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&read(&tok_path)?)
+            .map_err(|e| Error::format(&tok_path, "tokenizer", e.to_string()))?;
         let model = &v["model"];
         let encoder: HashMap<String, u32> = serde_json::from_value(model["vocab"].clone())
             .map_err(|e| Error::format(&tok_path, "model.vocab", e.to_string()))?;

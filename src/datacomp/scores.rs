@@ -138,3 +138,34 @@ pub fn write_counts_parquet(path: impl AsRef<Path>, counts: &[(Uid, u32)]) -> Re
     w.close().map_err(pq)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// Writes a per-shard score table: `uid` (32 hex), `key`, and one float32 column per `(name, values)`, rows
+/// aligned; published atomically.
+pub fn write_score_table(path: impl AsRef<Path>, ids: &[(Uid, String)], columns: &[(&str, &[f32])]) -> Result<()> {
+    use arrow_array::builder::Float32Builder;
+    let path = path.as_ref();
+    let mut uid = StringBuilder::new();
+    let mut key = StringBuilder::new();
+    for (u, k) in ids {
+        uid.append_value(u.to_string());
+        key.append_value(k);
+    }
+    let mut cols: Vec<(&str, ArrayRef)> = vec![("uid", Arc::new(uid.finish())), ("key", Arc::new(key.finish()))];
+    for (name, values) in columns {
+        if values.len() != ids.len() {
+            return Err(Error::Config(format!("column {name} has {} values for {} rows", values.len(), ids.len())));
+        }
+        let mut b = Float32Builder::with_capacity(values.len());
+        b.append_slice(values);
+        cols.push((name, Arc::new(b.finish())));
+    }
+    let batch = RecordBatch::try_from_iter(cols)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
+    w.write(&batch).map_err(pq)?;
+    w.close().map_err(pq)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

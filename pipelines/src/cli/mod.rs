@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod embed;
 mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
@@ -23,6 +24,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Embed shards' images and captions with a CLIP model: per shard, `.npz` embeddings and a `.parquet` of
+    /// (uid, key, CLIP score). Resumable.
+    Embed(embed::Args),
     /// Read shards and print per-shard stats and rejects.
     Inspect(inspect::Args),
     /// Write the samples a DataComp subset file selects, each repeated as often as listed, into new shards.
@@ -66,6 +70,7 @@ pub fn main() -> i32 {
 /// Runs one command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Embed(a) => embed::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Reshard(a) => reshard::run(a),
         Command::Sample(a) => sample::run(a),

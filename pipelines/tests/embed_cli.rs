@@ -1,0 +1,170 @@
+//! `flyt embed` end to end against transformers: a tiny random CLIP saved by transformers with the real CLIP
+//! tokenizer, a shard of JPEG and PNG samples (and one undecodable image), embeddings compared with
+//! `CLIPModel` + `CLIPImageProcessor` + `CLIPTokenizer` on the same samples.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("FLYT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+}
+
+fn bpe() -> PathBuf {
+    std::env::var("FLYT_CLIP_BPE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/clip/bpe_simple_vocab_16e6.txt.gz"))
+}
+
+fn py(script: &str, args: &[&str]) -> String {
+    let o = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+const MAKE_MODEL: &str = r##"
+import sys, gzip, json, torch
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+out, bpe = sys.argv[1], sys.argv[2]
+lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+merges = [tuple(l.split()) for l in lines]
+bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+cs, n = bs[:], 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b); cs.append(256 + n); n += 1
+chars = [chr(c) for c in cs]
+vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+import os; os.makedirs(out, exist_ok=True)
+json.dump({t: i for i, t in enumerate(vocab)}, open(out + "/vocab.json", "w"))
+open(out + "/merges.txt", "w").write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+torch.manual_seed(1)
+cfg = CLIPConfig(
+    text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+    vision_config=dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
+    projection_dim=16)
+model = CLIPModel(cfg).eval()
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+model.save_pretrained(out, safe_serialization=True)
+"##;
+
+const REFERENCE: &str = r##"
+import sys, io, json, numpy as np, torch, pyarrow.parquet as pq, webdataset as wds
+from PIL import Image
+from transformers import CLIPModel, CLIPImageProcessor, CLIPTokenizer
+model_dir, shard, out, prefix = sys.argv[1:5]
+model = CLIPModel.from_pretrained(model_dir).eval()
+tok = CLIPTokenizer.from_pretrained(model_dir)
+assert len(tok.get_vocab()) == 49408
+proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+keys, imgs, caps = [], [], []
+for s in wds.WebDataset(shard, shardshuffle=False):
+    ext = "jpg" if "jpg" in s else "png"
+    try:
+        im = Image.open(io.BytesIO(s[ext])); im.load()
+    except Exception:
+        continue
+    keys.append(s["__key__"]); imgs.append(im); caps.append(s["txt"].decode())
+px = torch.from_numpy(proc(imgs, return_tensors="np")["pixel_values"])
+ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+with torch.no_grad():
+    o = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], pixel_values=px)
+z = np.load(out + "/" + shard.rsplit("/", 1)[1].replace(".tar", ".npz"))
+t = pq.read_table(out + "/" + shard.rsplit("/", 1)[1].replace(".tar", ".parquet")).to_pydict()
+assert t["key"] == keys, (t["key"], keys)
+ours_img, ours_txt = z[prefix + "_img"], z[prefix + "_txt"]
+ref_img, ref_txt = o.image_embeds.numpy(), o.text_embeds.numpy()
+score = (ref_img * ref_txt).sum(-1)
+print(len(keys), float(np.abs(ours_img - ref_img).max()), float(np.abs(ours_txt - ref_txt).max()),
+      float(np.abs(np.array(t[prefix + "_clip_score"]) - score).max()), ours_img.dtype)
+"##;
+
+#[test]
+fn embed_matches_transformers_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    py(MAKE_MODEL, &[model.to_str().unwrap(), bpe().to_str().unwrap()]);
+    // A shard: synthetic JPEGs and PNGs of several sizes, plus one sample whose image is not an image.
+    let shards = dir.path().join("shards");
+    let mut w = flyt::ShardWriter::new(&shards, 1000).unwrap();
+    let mut rng = flyt::synth::SplitMix64::new(5);
+    for i in 0..24u32 {
+        let (ext, img) = if i % 2 == 0 {
+            ("jpg", flyt::synth::jpeg_image(40 + i * 7, &mut rng))
+        } else {
+            ("png", flyt::synth::png_image(30 + i * 5, &mut rng))
+        };
+        let caption = flyt::synth::caption(&mut rng);
+        w.write(
+            &flyt::SampleBuilder::new(format!("{i:06}")).shard("00000000").image(ext, img).caption(caption).build(),
+        )
+        .unwrap();
+    }
+    w.write(
+        &flyt::SampleBuilder::new("999999").image("jpg", b"\xff\xd8 not really".to_vec()).caption("broken").build(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let shard = shards.join("00000000.tar");
+    let out = dir.path().join("out");
+    let flyt = env!("CARGO_BIN_EXE_flyt");
+    let args = [
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--prefix",
+        "b32",
+        "--dtype",
+        "f32",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "5",
+        "--exact-preprocessing",
+        shard.to_str().unwrap(),
+    ];
+    let o = Command::new(flyt).args(args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = py(REFERENCE, &[model.to_str().unwrap(), shard.to_str().unwrap(), out.to_str().unwrap(), "b32"]);
+    let parts: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(parts[0], "24", "{report}");
+    for (what, v) in ["image", "text", "score"].iter().zip(&parts[1..4]) {
+        let d: f64 = v.parse().unwrap();
+        assert!(d < 1e-4, "{what} embeddings differ from transformers by {d}");
+    }
+    assert_eq!(parts[4], "float32");
+    let rejects = std::fs::read_to_string(out.join("00000000.rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1);
+    assert!(rejects.contains("unreadable_image") && rejects.contains("999999"), "{rejects}");
+    // Resumable: a second run skips the finished shard and leaves its outputs alone.
+    let before = std::fs::metadata(out.join("00000000.npz")).unwrap().modified().unwrap();
+    let o = Command::new(flyt).args(args).output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("skipped 1"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(std::fs::metadata(out.join("00000000.npz")).unwrap().modified().unwrap(), before);
+    // Default float16 output, DataComp's dtype, and the fast (DCT-scaled) path run too.
+    let out16 = dir.path().join("out16");
+    let o = Command::new(flyt)
+        .args([
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out16.to_str().unwrap(),
+            "--device",
+            "cpu",
+            shard.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arrays = flyt::read_npz(out16.join("00000000.npz")).unwrap();
+    assert_eq!(arrays["emb_img"].shape, [24, 16]);
+    assert!(matches!(arrays["emb_img"].data, flyt::NpyData::F16(_)));
+}
