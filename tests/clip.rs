@@ -280,3 +280,44 @@ fn undecodable_and_oversized_images_are_refused_with_a_reason() {
         assert!(e.contains("zune-jpeg") && e.contains("libjpeg"), "{e}");
     }
 }
+
+/// FLYT trains this model: a CLIP loss backpropagates to every parameter, and an SGD step lowers it.
+#[test]
+fn the_model_trains() {
+    let config: flyt::clip::ClipConfig = serde_json::from_value(serde_json::json!({
+        "text_config": {"vocab_size": 100, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "max_position_embeddings": 8, "eos_token_id": 99},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "image_size": 16, "patch_size": 8},
+        "projection_dim": 8
+    }))
+    .unwrap();
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let model = Clip::new(&vs.root(), &config).unwrap();
+    let pixels = Tensor::randn([6, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let ids = Tensor::randint(98, [6, 8], (Kind::Int64, Device::Cpu));
+    let _ = ids.narrow(1, 7, 1).fill_(99);
+    let loss = |m: &Clip| {
+        let (u, t) = (l2_normalize(&m.image_features(&pixels)), l2_normalize(&m.text_features(&ids)));
+        let logits = u.matmul(&t.tr()) * m.logit_scale.exp();
+        let labels = Tensor::arange(6, (Kind::Int64, Device::Cpu));
+        (logits.cross_entropy_for_logits(&labels) + logits.tr().cross_entropy_for_logits(&labels)) / 2.0
+    };
+    let before = loss(&model);
+    before.backward();
+    let vars = vs.variables();
+    assert!(vars.len() > 30);
+    for (name, v) in &vars {
+        let g = v.grad();
+        assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient reaches {name}");
+    }
+    let mut opt = tch::nn::OptimizerConfig::build(tch::nn::Sgd::default(), &vs, 0.1).unwrap();
+    for _ in 0..20 {
+        opt.zero_grad();
+        loss(&model).backward();
+        opt.step();
+    }
+    let after = tch::no_grad(|| loss(&model)).double_value(&[]);
+    assert!(after < before.double_value(&[]) - 0.05, "{} → {after}", before.double_value(&[]));
+}

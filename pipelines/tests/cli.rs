@@ -155,3 +155,15 @@ fn help_lists_the_commands() {
         assert!(stdout(&o).contains(c));
     }
 }
+
+#[test]
+fn embed_bench_runs_on_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = flyt(
+        &["embed-bench", "--arch", "b32", "--device", "cpu", "--batch", "2", "--iters", "1", "--json"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["img_per_s"].as_f64().unwrap() > 0.0);
+}

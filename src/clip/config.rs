@@ -148,6 +148,22 @@ impl ClipConfig {
         2.6592
     }
 
+    /// OpenAI ViT-B/32's architecture (openai/clip-vit-base-patch32).
+    pub fn vit_b32() -> Self {
+        serde_json::from_value(serde_json::json!({"text_config": {}, "vision_config": {}})).expect("defaults")
+    }
+
+    /// OpenAI ViT-L/14's architecture (openai/clip-vit-large-patch14).
+    pub fn vit_l14() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+            "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                              "num_attention_heads": 16, "patch_size": 14},
+            "projection_dim": 768
+        }))
+        .expect("valid preset")
+    }
+
     /// Reads a Hugging Face `config.json` (a `CLIPModel` config with `text_config` and `vision_config`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

@@ -25,21 +25,25 @@ impl Attention {
         Attention { q: lin("q_proj"), k: lin("k_proj"), v: lin("v_proj"), out: lin("out_proj"), heads }
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    /// Multi-head self-attention; `causal` masks future positions (text tower). On CUDA without gradients
+    /// it uses libtorch's fused scaled-dot-product attention; otherwise the explicit softmax(QKᵀ/√d)V, which
+    /// also supports the double backward FLYT's hypergradient needs.
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let size = x.size();
         let (b, l, d) = (size[0], size[1], size[2]);
         let hd = d / self.heads;
         let split = |t: Tensor| t.view([b, l, self.heads, hd]).transpose(1, 2);
-        let q = split(self.q.forward(x)) * (hd as f64).powf(-0.5);
-        let k = split(self.k.forward(x));
-        let v = split(self.v.forward(x));
-        let mut att = q.matmul(&k.transpose(-1, -2));
-        if let Some(m) = mask {
-            att += m;
-        }
-        let att = att.softmax(-1, att.kind());
-        let y = att.matmul(&v).transpose(1, 2).contiguous().view([b, l, d]);
-        self.out.forward(&y)
+        let (q, k, v) = (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x)));
+        let y = if x.device().is_cuda() && !x.requires_grad() {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false)
+        } else {
+            let mut att = (q * (hd as f64).powf(-0.5)).matmul(&k.transpose(-1, -2));
+            if causal {
+                att += Tensor::full([l, l], f64::NEG_INFINITY, (att.kind(), att.device())).triu(1);
+            }
+            att.softmax(-1, att.kind()).matmul(&v)
+        };
+        self.out.forward(&y.transpose(1, 2).contiguous().view([b, l, d]))
     }
 }
 
@@ -67,8 +71,8 @@ impl Layer {
         }
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
-        let x = x + self.attn.forward(&self.ln1.forward(x), mask);
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        let x = x + self.attn.forward(&self.ln1.forward(x), causal);
         let h = self.fc1.forward(&self.ln2.forward(&x));
         let h = if self.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
         x + self.fc2.forward(&h)
@@ -206,7 +210,7 @@ impl Clip {
         let mut x = Tensor::cat(&[cls, patches], 1) + &self.vision_position;
         x = self.pre_ln.forward(&x);
         for layer in &self.vision_layers {
-            x = layer.forward(&x, None);
+            x = layer.forward(&x, false);
         }
         let pooled = self.post_ln.forward(&x.select(1, 0));
         self.visual_projection.forward(&pooled)
@@ -217,9 +221,8 @@ impl Clip {
         let size = ids.size();
         let (b, l) = (size[0], size[1]);
         let mut x = self.token_embedding.forward(ids) + self.text_position.narrow(0, 0, l);
-        let mask = Tensor::full([l, l], f64::NEG_INFINITY, (x.kind(), x.device())).triu(1);
         for layer in &self.text_layers {
-            x = layer.forward(&x, Some(&mask));
+            x = layer.forward(&x, true);
         }
         x = self.final_ln.forward(&x);
         let eos = self.config.text_config.eos_token_id;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod doctor;
 mod embed;
+mod embed_bench;
 mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
@@ -27,6 +28,8 @@ pub enum Command {
     /// Embed shards' images and captions with a CLIP model: per shard, `.npz` embeddings and a `.parquet` of
     /// (uid, key, CLIP score). Resumable.
     Embed(embed::Args),
+    /// Time the image tower of a randomly initialised CLIP (ViT-B/32 or ViT-L/14) on a device.
+    EmbedBench(embed_bench::Args),
     /// Read shards and print per-shard stats and rejects.
     Inspect(inspect::Args),
     /// Write the samples a DataComp subset file selects, each repeated as often as listed, into new shards.
@@ -71,6 +74,7 @@ pub fn main() -> i32 {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Embed(a) => embed::run(a),
+        Command::EmbedBench(a) => embed_bench::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Reshard(a) => reshard::run(a),
         Command::Sample(a) => sample::run(a),

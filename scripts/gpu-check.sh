@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU check, run on a GPU machine from the repository root with gpu-bundle/ carried there
+# (build it here with ./x gpu-bundle). Prints every figure with the card's name. About 5 minutes on an H100.
+#   device run: bash scripts/gpu-check.sh      (carry: gpu-bundle)
+set -uo pipefail
+B=gpu-bundle
+OUT=${OUT:-/tmp/flyt-gpu-check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "== doctor"; $B/run.sh doctor
+for spec in "b32 1024" "l14 512"; do
+  set -- $spec
+  echo "== image tower $1, batch $2 (bf16)"
+  python3 $B/gpu/torch_tower.py --arch "$1" --batch "$2" --iters 20
+  $B/run.sh embed-bench --arch "$1" --batch "$2" --iters 20 --device cuda --json
+done
+echo "== end to end: tar -> embeddings, 10k samples of 256-px JPEGs, random ViT-B/32"
+python3 $B/gpu/make_model.py /tmp/flyt-b32 $B/gpu/bpe_simple_vocab_16e6.txt.gz
+$B/run.sh synth --out /tmp/flyt-pool --shards 1 --samples-per-shard 10000 --image jpeg --side 256
+nproc
+for bs in 512 1024; do
+  rm -rf /tmp/flyt-emb
+  /usr/bin/time -v $B/run.sh embed --model /tmp/flyt-b32 --out /tmp/flyt-emb --device cuda --batch-size $bs /tmp/flyt-pool 2>&1 \
+    | grep -E "embedded|Elapsed|Maximum resident|Percent of CPU"
+done
