@@ -22,9 +22,9 @@ export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 exec "$here/flyt" "$@"
 RUN
 chmod +x gpu-bundle/run.sh
-mkdir -p gpu-bundle/gpu
-cp scripts/gpu/*.py gpu-bundle/gpu/
-if [ -f .venv/clip/bpe_simple_vocab_16e6.txt.gz ]; then cp .venv/clip/bpe_simple_vocab_16e6.txt.gz gpu-bundle/gpu/; fi
+mkdir -p gpu-bundle/py
+cp scripts/py/*.py gpu-bundle/py/
+cp .venv/clip/bpe_simple_vocab_16e6.txt.gz gpu-bundle/py/
 size=$(du -sm gpu-bundle | cut -f1)
-echo "gpu-bundle/: ${size} MiB (flyt, run.sh, gpu/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
+echo "gpu-bundle/: ${size} MiB (flyt, run.sh, py/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
 [ "$size" -lt 64 ] || { echo "gpu-bundle is over 64 MiB" >&2; exit 1; }

@@ -11,11 +11,11 @@ echo "== doctor"; $B/run.sh doctor
 for spec in "b32 1024" "l14 512"; do
   set -- $spec
   echo "== image tower $1, batch $2 (bf16)"
-  python3 $B/gpu/torch_tower.py --arch "$1" --batch "$2" --iters 20
+  python3 $B/py/torch_tower.py --arch "$1" --batch "$2" --iters 20
   $B/run.sh embed-bench --arch "$1" --batch "$2" --iters 20 --device cuda --json
 done
 echo "== end to end: tar -> embeddings, 10k samples of 256-px JPEGs, random ViT-B/32"
-python3 $B/gpu/make_model.py /tmp/flyt-b32 $B/gpu/bpe_simple_vocab_16e6.txt.gz
+python3 $B/py/make_model.py /tmp/flyt-b32 $B/py/bpe_simple_vocab_16e6.txt.gz
 $B/run.sh synth --out /tmp/flyt-pool --shards 1 --samples-per-shard 10000 --image jpeg --side 256
 nproc
 for bs in 512 1024; do

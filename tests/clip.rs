@@ -27,20 +27,12 @@ fn tokenizer_matches_transformers_on_real_captions() {
     let out = dir.path().join("ids.jsonl");
     run_python(
         r##"
-import sys, gzip, json, pyarrow.parquet as pq
+import sys, json, pyarrow.parquet as pq
 from transformers import CLIPTokenizer
-bpe, parquet, tmp, out = sys.argv[1:5]
-lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-merges = [tuple(l.split()) for l in lines]
-bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-cs, n = bs[:], 0
-for b in range(256):
-    if b not in bs:
-        bs.append(b); cs.append(256 + n); n += 1
-byte_chars = [chr(c) for c in cs]
-vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-json.dump({t: i for i, t in enumerate(vocab)}, open(tmp + "/vocab.json", "w"))
-open(tmp + "/merges.txt", "w").write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+bpe, parquet, tmp, out, scripts = sys.argv[1:6]
+sys.path.insert(0, scripts)
+from clip_vocab import write
+write(bpe, tmp)
 tok = CLIPTokenizer.from_pretrained(tmp)
 assert len(tok.get_vocab()) == 49408, len(tok.get_vocab())
 texts = [t for t in pq.read_table(parquet).column("TEXT").to_pylist() if t is not None]
@@ -55,6 +47,7 @@ print(len(texts))
             laion().to_str().unwrap(),
             dir.path().to_str().unwrap(),
             out.to_str().unwrap(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/py"),
         ],
     );
     let ours = ClipTokenizer::from_open_clip_vocab(bpe_vocab()).unwrap();

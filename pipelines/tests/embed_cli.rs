@@ -25,21 +25,12 @@ fn py(script: &str, args: &[&str]) -> String {
 }
 
 const MAKE_MODEL: &str = r##"
-import sys, gzip, json, torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-out, bpe = sys.argv[1], sys.argv[2]
-lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-merges = [tuple(l.split()) for l in lines]
-bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-cs, n = bs[:], 0
-for b in range(256):
-    if b not in bs:
-        bs.append(b); cs.append(256 + n); n += 1
-chars = [chr(c) for c in cs]
-vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-import os; os.makedirs(out, exist_ok=True)
-json.dump({t: i for i, t in enumerate(vocab)}, open(out + "/vocab.json", "w"))
-open(out + "/merges.txt", "w").write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+import sys, torch
+from transformers import CLIPConfig, CLIPModel
+out, bpe, scripts = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, scripts)
+from clip_vocab import write
+write(bpe, out)
 torch.manual_seed(1)
 cfg = CLIPConfig(
     text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
@@ -87,7 +78,10 @@ print(len(keys), float(np.abs(ours_img - ref_img).max()), float(np.abs(ours_txt 
 fn embed_matches_transformers_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    py(MAKE_MODEL, &[model.to_str().unwrap(), bpe().to_str().unwrap()]);
+    py(
+        MAKE_MODEL,
+        &[model.to_str().unwrap(), bpe().to_str().unwrap(), concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/py")],
+    );
     // A shard: synthetic JPEGs and PNGs of several sizes, plus one sample whose image is not an image.
     let shards = dir.path().join("shards");
     let mut w = flyt::ShardWriter::new(&shards, 1000).unwrap();

@@ -11,10 +11,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::write_parquet_atomic;
 use crate::{Error, Result, Uid};
 
 /// One metadata row.
@@ -231,12 +231,5 @@ pub fn write_metadata(path: impl AsRef<Path>, rows: &[MetadataRow]) -> Result<()
         ("sha256", Arc::new(sha.finish())),
     ];
     let batch = RecordBatch::try_from_iter(columns)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
-    w.write(&batch).map_err(pq)?;
-    w.close().map_err(pq)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_parquet_atomic(path, &batch)
 }

@@ -11,3 +11,16 @@ pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
 pub use npz::{read_npz, read_npz_matrix, write_npz};
 pub use scores::{check_scores, read_scores_npy, read_scores_parquet, write_counts_parquet, write_score_table};
 pub use subset::{SubsetCounts, read_subset, write_subset};
+
+/// Writes one record batch as a parquet file through a temporary name and a rename.
+fn write_parquet_atomic(path: &std::path::Path, batch: &arrow_array::RecordBatch) -> crate::Result<()> {
+    use crate::Error;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
+    w.write(batch).map_err(pq)?;
+    w.close().map_err(pq)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

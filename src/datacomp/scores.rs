@@ -10,11 +10,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::npy::parse_npy;
 use super::subset::read_subset;
+use super::write_parquet_atomic;
 use crate::{Error, Result, Uid};
 
 /// Checks a score table: every score finite and every uid once. Errors name the file and row(s).
@@ -129,14 +129,7 @@ pub fn write_counts_parquet(path: impl AsRef<Path>, counts: &[(Uid, u32)]) -> Re
     }
     let cols: Vec<(&str, ArrayRef)> = vec![("uid", Arc::new(uid.finish())), ("count", Arc::new(count.finish()))];
     let batch = RecordBatch::try_from_iter(cols)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
-    w.write(&batch).map_err(pq)?;
-    w.close().map_err(pq)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_parquet_atomic(path, &batch)
 }
 
 /// Writes a per-shard score table: `uid` (32 hex), `key`, and one float32 column per `(name, values)`, rows
@@ -160,12 +153,5 @@ pub fn write_score_table(path: impl AsRef<Path>, ids: &[(Uid, String)], columns:
         cols.push((name, Arc::new(b.finish())));
     }
     let batch = RecordBatch::try_from_iter(cols)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
-    w.write(&batch).map_err(pq)?;
-    w.close().map_err(pq)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_parquet_atomic(path, &batch)
 }
