@@ -237,20 +237,21 @@ impl ShardReader {
                     self.finish_group(true);
                     self.finished = true;
                 }
-                Err(e) => self.on_damage(e, None)?,
+                Err(e) => self.on_damage(e, false)?,
             }
         }
         Ok(())
     }
 
-    fn on_damage(&mut self, e: TarError, cut_member: Option<()>) -> Result<()> {
+    /// Ends the shard at damage `e`; `inside_member` says whether a member header was read whose data was cut.
+    fn on_damage(&mut self, e: TarError, inside_member: bool) -> Result<()> {
         let (reason, detail) = match e {
             TarError::Truncated(d) => (RejectReason::TruncatedTar, d),
             TarError::Corrupt(d) => (RejectReason::CorruptTar, d),
             TarError::Io(e) => return Err(Error::io(&self.path, e)),
         };
         self.finished = true;
-        let extra = u64::from(cut_member.is_some());
+        let extra = u64::from(inside_member);
         match self.current.take() {
             Some(g) => {
                 let members = g.member_count() + extra;
@@ -271,7 +272,7 @@ impl ShardReader {
             Err(e) => {
                 let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
                 if let Err(e) = self.tar.skip_data(entry.size) {
-                    return self.on_damage(e, Some(()));
+                    return self.on_damage(e, true);
                 }
                 self.reject(lossy, RejectReason::NotASampleMember, "member name is not UTF-8".into(), 1);
                 return Ok(());
@@ -286,7 +287,7 @@ impl ShardReader {
                     _ => "no extension after the key, or a __meta__ file".to_string(),
                 };
                 if let Err(e) = self.tar.skip_data(entry.size) {
-                    return self.on_damage(e, Some(()));
+                    return self.on_damage(e, true);
                 }
                 self.reject(name, RejectReason::NotASampleMember, detail, 1);
                 return Ok(());
@@ -308,7 +309,7 @@ impl ShardReader {
         };
         let data = match result {
             Ok(d) => d,
-            Err(e) => return self.on_damage(e, Some(())),
+            Err(e) => return self.on_damage(e, true),
         };
         self.stats.bytes += entry.size;
         let max = self.config.max_member_bytes;
