@@ -265,6 +265,18 @@ fn undecodable_and_oversized_images_are_refused_with_a_reason() {
     png.extend_from_slice(&100_000u32.to_be_bytes());
     png.extend_from_slice(&[8, 2, 0, 0, 0]);
     assert!(decode_rgb(&png).unwrap_err().contains("limit"));
+    // A 1 x 20000 strip would resize to 224 x 4,480,000: refused, not allocated.
+    let mut rng = flyt::synth::SplitMix64::new(2);
+    let strip = {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 1, 20_000);
+        enc.set_color(png::ColorType::Grayscale);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&vec![(rng.next_u64() % 255) as u8; 20_000]).unwrap();
+        drop(w);
+        out
+    };
+    assert!(flyt::clip::preprocess::preprocess(&strip, 224, 224).unwrap_err().contains("aspect ratio"));
     // A truncated JPEG: both decoders are tried, and the reason names them.
     let mut rng = flyt::synth::SplitMix64::new(1);
     let jpg = flyt::synth::jpeg_image(64, &mut rng);

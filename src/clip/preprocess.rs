@@ -289,14 +289,30 @@ pub fn resize_and_crop(img: &RgbImage, size: usize, crop: usize) -> Vec<u8> {
     out
 }
 
+/// Resized images larger than this many pixels (a 1×10⁵ strip resized to a 224 short side, say) are refused
+/// rather than allocated.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
+
+fn checked(img: RgbImage, size: usize, crop: usize) -> Result<Vec<u8>, String> {
+    let (short, long) = (img.width.min(img.height) as u64, img.width.max(img.height) as u64);
+    let resized = size as u64 * (size as u64 * long / short.max(1));
+    if resized > MAX_RESIZED_PIXELS {
+        return Err(format!(
+            "aspect ratio {}x{} too extreme: the resized image would have {resized} pixels",
+            img.width, img.height
+        ));
+    }
+    Ok(resize_and_crop(&img, size, crop))
+}
+
 /// Decodes and preprocesses one image to `crop²·3` RGB bytes (HWC), exactly as `CLIPImageProcessor`.
 pub fn preprocess(bytes: &[u8], size: usize, crop: usize) -> Result<Vec<u8>, String> {
-    Ok(resize_and_crop(&decode_rgb(bytes)?, size, crop))
+    checked(decode_rgb(bytes)?, size, crop)
 }
 
 /// [`preprocess`] with DCT-downscaled JPEG decoding for large JPEGs (see [`decode_rgb_at_least`]).
 pub fn preprocess_fast(bytes: &[u8], size: usize, crop: usize) -> Result<Vec<u8>, String> {
-    Ok(resize_and_crop(&decode_rgb_at_least(bytes, size)?, size, crop))
+    checked(decode_rgb_at_least(bytes, size)?, size, crop)
 }
 
 /// Normalised `[B, 3, crop, crop]` f32 pixels from preprocessed HWC images.
