@@ -44,7 +44,8 @@ impl Ingest {
     /// is an error; damage inside it is in the records and stats.
     pub fn read_shard(&mut self, path: impl AsRef<Path>, mut on_record: impl FnMut(Record)) -> Result<ShardStats> {
         let mut reader = ShardReader::open(path, self.config.clone())?;
-        let mut corrections: Vec<(Box<crate::Sample>, RejectReason)> = Vec::new();
+        // Only the member counts of re-rejected samples are kept: a re-delivered shard must not pile up in memory.
+        let mut corrections: Vec<u64> = Vec::new();
         for record in reader.by_ref() {
             match record? {
                 Record::Sample(s) if !self.seen.insert(s.uid) => {
@@ -56,14 +57,14 @@ impl Ingest {
                         members: s.members.len() as u64,
                     };
                     on_record(Record::Rejected(rejected));
-                    corrections.push((s, RejectReason::DuplicateUid));
+                    corrections.push(s.members.len() as u64);
                 }
                 r => on_record(r),
             }
         }
         let mut stats = reader.stats().clone();
-        for (s, reason) in &corrections {
-            stats.reclassify(s, *reason);
+        for &members in &corrections {
+            stats.reclassify(members, RejectReason::DuplicateUid);
         }
         Ok(stats)
     }

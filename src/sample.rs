@@ -264,11 +264,12 @@ impl ShardStats {
 
     /// Moves a sample counted as accepted to rejected (used when a later stage, such as uid deduplication,
     /// rejects it).
-    pub fn reclassify(&mut self, sample: &Sample, reason: RejectReason) {
+    /// `members` is the sample's member count.
+    pub fn reclassify(&mut self, members: u64, reason: RejectReason) {
         self.accepted -= 1;
-        self.accepted_members -= sample.members.len() as u64;
+        self.accepted_members -= members;
         self.rejected += 1;
-        self.rejected_members += sample.members.len() as u64;
+        self.rejected_members += members;
         *self.rejected_by_reason.entry(reason.name().to_string()).or_default() += 1;
     }
 

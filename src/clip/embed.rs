@@ -181,11 +181,10 @@ impl Embedder {
                 }
                 let stalled = last_arrival.elapsed() >= self.config.max_latency;
                 if batch.len() >= cap || (!batch.is_empty() && (stalled || !open)) {
-                    let take: Vec<(Sample, Vec<u8>)> = batch.drain(..batch.len().min(cap)).collect();
-                    let images: Vec<Vec<u8>> = take.iter().map(|(_, px)| px.clone()).collect();
-                    let captions: Vec<&str> = take.iter().map(|(s, _)| s.caption.as_deref().unwrap_or("")).collect();
+                    let (samples, images): (Vec<Sample>, Vec<Vec<u8>>) = batch.drain(..batch.len().min(cap)).unzip();
+                    let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_deref().unwrap_or("")).collect();
                     self.run_batch(&images, &captions, &mut out);
-                    out.ids.extend(take.iter().map(|(s, _)| (s.uid, s.key.clone())));
+                    out.ids.extend(samples.iter().map(|s| (s.uid, s.key.clone())));
                 }
                 if !open && pending.is_empty() && batch.is_empty() {
                     break;
