@@ -24,6 +24,7 @@ mod datacomp;
 mod error;
 mod image_info;
 mod ingest;
+pub mod methods;
 mod sample;
 pub mod sampling;
 pub mod synth;

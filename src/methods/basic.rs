@@ -1,0 +1,143 @@
+//! DataComp's basic-filter features: caption length, image size and aspect ratio, English detection.
+
+use std::sync::OnceLock;
+
+/// Whether a caption is English, by the `whatlang` trigram language identifier (DataComp uses fasttext's
+/// `lid.176`; no such model ships here). Newlines count as spaces. Captions in a non-Latin script are never
+/// English. Very short captions are judged by whatlang as they are; the basic filter also needs more than
+/// two words, which takes out most of the ambiguous ones.
+///
+/// ```
+/// assert!(flyt::methods::is_english("a photo of a red sandal on a white background"));
+/// assert!(!flyt::methods::is_english("ein Foto von einem roten Schuh auf weißem Hintergrund"));
+/// assert!(!flyt::methods::is_english("白い背景の赤いサンダル"));
+/// ```
+pub fn is_english(caption: &str) -> bool {
+    static DETECTOR: OnceLock<whatlang::Detector> = OnceLock::new();
+    let text = caption.replace('\n', " ");
+    let detector = DETECTOR.get_or_init(whatlang::Detector::new);
+    matches!(detector.detect(&text), Some(info) if info.lang() == whatlang::Lang::Eng)
+}
+
+/// The features DataComp's basic filter looks at, for one example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BasicFeatures {
+    /// Caption words: whitespace-separated tokens (Python's `str.split()`).
+    pub words: u32,
+    /// Caption characters (Unicode scalar values, Python's `len`).
+    pub chars: u32,
+    /// Whether the caption is English ([`is_english`]).
+    pub english: bool,
+    /// Original image width and height, when known.
+    pub size: Option<(u64, u64)>,
+}
+
+impl BasicFeatures {
+    /// Features of a caption (missing: empty) and an image size (`original_width`, `original_height`).
+    pub fn new(caption: Option<&str>, size: Option<(u64, u64)>) -> Self {
+        let caption = caption.unwrap_or("");
+        Self {
+            words: caption.split_whitespace().count() as u32,
+            chars: caption.chars().count() as u32,
+            english: !caption.trim().is_empty() && is_english(caption),
+            size,
+        }
+    }
+
+    /// The shorter image side (0 when unknown).
+    pub fn min_side(&self) -> u64 {
+        self.size.map(|(w, h)| w.min(h)).unwrap_or(0)
+    }
+
+    /// Longer side over shorter side (infinite when unknown or a side is 0).
+    pub fn aspect(&self) -> f64 {
+        match self.size {
+            Some((w, h)) if w.min(h) > 0 => w.max(h) as f64 / w.min(h) as f64,
+            _ => f64::INFINITY,
+        }
+    }
+}
+
+/// DataComp's basic filter: English caption with more than `min_words` words and more than `min_chars`
+/// characters, image shorter side ≥ `min_side` and aspect ratio ≤ `max_aspect`. An example whose image size is
+/// unknown fails the image part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BasicFilter {
+    /// Words must be more than this (DataComp: 2).
+    pub min_words: u32,
+    /// Characters must be more than this (DataComp: 5).
+    pub min_chars: u32,
+    /// Shorter image side at least this (DataComp: 200).
+    pub min_side: u64,
+    /// Aspect ratio at most this (DataComp: 3.0).
+    pub max_aspect: f64,
+    /// Require an English caption (DataComp: yes).
+    pub english: bool,
+}
+
+impl Default for BasicFilter {
+    fn default() -> Self {
+        Self { min_words: 2, min_chars: 5, min_side: 200, max_aspect: 3.0, english: true }
+    }
+}
+
+impl BasicFilter {
+    /// The caption part alone, as DataComp's image-based baseline applies it (more than 1 word, more than 5
+    /// characters, English).
+    pub fn caption_only() -> Self {
+        Self { min_words: 1, min_chars: 5, min_side: 0, max_aspect: f64::INFINITY, english: true }
+    }
+
+    /// Whether an example passes.
+    ///
+    /// ```
+    /// use flyt::methods::{BasicFeatures, BasicFilter};
+    /// let f = BasicFilter::default();
+    /// assert!(f.keeps(&BasicFeatures::new(Some("a red sandal on the beach"), Some((640, 480)))));
+    /// assert!(!f.keeps(&BasicFeatures::new(Some("a red sandal on the beach"), Some((640, 150))))); // too small
+    /// assert!(!f.keeps(&BasicFeatures::new(Some("red sandal"), Some((640, 480))))); // two words
+    /// ```
+    pub fn keeps(&self, x: &BasicFeatures) -> bool {
+        (!self.english || x.english)
+            && x.words > self.min_words
+            && x.chars > self.min_chars
+            && (self.min_side == 0 || x.min_side() >= self.min_side)
+            && (self.max_aspect.is_infinite() || x.aspect() <= self.max_aspect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_counted_by_hand() {
+        let x = BasicFeatures::new(Some("  Two\tdogs \n on  grass "), Some((300, 900)));
+        assert_eq!((x.words, x.chars), (4, 23));
+        assert_eq!(x.min_side(), 300);
+        assert_eq!(x.aspect(), 3.0);
+        let x = BasicFeatures::new(Some("naïve café"), None);
+        assert_eq!((x.words, x.chars), (2, 10));
+        assert_eq!(x.min_side(), 0);
+        assert!(x.aspect().is_infinite());
+        let x = BasicFeatures::new(None, Some((0, 10)));
+        assert_eq!((x.words, x.chars, x.english), (0, 0, false));
+        assert!(x.aspect().is_infinite());
+    }
+
+    #[test]
+    fn basic_filter_boundaries_follow_datacomp() {
+        let f = BasicFilter::default();
+        let cap = "a small brown dog runs across the green park";
+        assert!(f.keeps(&BasicFeatures::new(Some(cap), Some((200, 600))))); // side 200 and aspect 3.0 are kept
+        assert!(!f.keeps(&BasicFeatures::new(Some(cap), Some((199, 400)))));
+        assert!(!f.keeps(&BasicFeatures::new(Some(cap), Some((200, 601)))));
+        assert!(!f.keeps(&BasicFeatures::new(Some(cap), None)));
+        assert!(!f.keeps(&BasicFeatures::new(Some("a b c"), Some((500, 500))))); // 3 words but 5 chars
+        assert!(!f.keeps(&BasicFeatures::new(Some("le petit chien brun court dans le parc vert"), Some((500, 500)))));
+        // the image-based caption filter: more than one word is enough
+        let c = BasicFilter::caption_only();
+        assert!(c.keeps(&BasicFeatures::new(Some("golden retriever"), None)) == is_english("golden retriever"));
+        assert!(!c.keeps(&BasicFeatures::new(Some("retriever"), None)));
+    }
+}
