@@ -33,10 +33,12 @@ mod uid;
 mod webdataset;
 
 pub use datacomp::{
-    MetadataRow, MetadataTable, NpyArray, NpyData, SubsetCounts, npy_bytes, parse_npy, read_metadata, read_npz,
-    read_npz_matrix, read_subset, write_metadata, write_npz, write_subset,
+    MetadataRow, MetadataTable, NpyArray, NpyData, Pool, PoolEmbeddings, SubsetCounts, npy_bytes, parse_npy,
+    read_metadata, read_npz, read_npz_matrix, read_pool, read_subset, write_metadata, write_npz, write_subset,
 };
-pub use datacomp::{check_scores, read_scores_npy, read_scores_parquet, write_counts_parquet, write_score_table};
+pub use datacomp::{
+    RowMeta, check_scores, read_scores_npy, read_scores_parquet, write_counts_parquet, write_score_table,
+};
 pub use error::{Error, Result};
 pub use image_info::{ImageInfo, sniff_image};
 pub use ingest::Ingest;

@@ -92,6 +92,17 @@ impl Sample {
         self.image_member.and_then(|i| self.members.get(i)).map(|m| m.ext.as_str())
     }
 
+    /// The image's size before any resize: img2dataset's `original_width`/`original_height` from the `.json`
+    /// when present, else the size in the image header.
+    pub fn original_size(&self) -> Option<(u64, u64)> {
+        let from_json = self.json.as_ref().and_then(|j| {
+            let w = j.get("original_width")?.as_u64()?;
+            let h = j.get("original_height")?.as_u64()?;
+            Some((w, h))
+        });
+        from_json.or_else(|| self.image_info.as_ref().map(|i| (i.width as u64, i.height as u64)))
+    }
+
     /// Total bytes over all members.
     pub fn bytes(&self) -> u64 {
         self.members.iter().map(|m| m.data.len() as u64).sum()

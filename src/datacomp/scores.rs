@@ -132,10 +132,26 @@ pub fn write_counts_parquet(path: impl AsRef<Path>, counts: &[(Uid, u32)]) -> Re
     write_parquet_atomic(path, &batch)
 }
 
-/// Writes a per-shard score table: `uid` (32 hex), `key`, and one float32 column per `(name, values)`, rows
+/// Per-row metadata a score table may carry, with DataComp's column names (`text`, `original_width`,
+/// `original_height`), so that the table doubles as a DataComp metadata parquet for the filters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowMeta {
+    /// The caption.
+    pub text: Option<String>,
+    /// Image size before any resize (width, height).
+    pub original_size: Option<(u64, u64)>,
+}
+
+/// Writes a per-shard score table: `uid` (32 hex), `key`, with `meta` (one per row, or empty for none) the
+/// `text`, `original_width` and `original_height` columns, and one float32 column per `(name, values)`, rows
 /// aligned; published atomically.
-pub fn write_score_table(path: impl AsRef<Path>, ids: &[(Uid, String)], columns: &[(&str, &[f32])]) -> Result<()> {
-    use arrow_array::builder::Float32Builder;
+pub fn write_score_table(
+    path: impl AsRef<Path>,
+    ids: &[(Uid, String)],
+    meta: &[RowMeta],
+    columns: &[(&str, &[f32])],
+) -> Result<()> {
+    use arrow_array::builder::{Float32Builder, Int64Builder};
     let path = path.as_ref();
     let mut uid = StringBuilder::new();
     let mut key = StringBuilder::new();
@@ -144,6 +160,21 @@ pub fn write_score_table(path: impl AsRef<Path>, ids: &[(Uid, String)], columns:
         key.append_value(k);
     }
     let mut cols: Vec<(&str, ArrayRef)> = vec![("uid", Arc::new(uid.finish())), ("key", Arc::new(key.finish()))];
+    if !meta.is_empty() {
+        if meta.len() != ids.len() {
+            return Err(Error::Config(format!("{} metadata rows for {} rows", meta.len(), ids.len())));
+        }
+        let mut text = StringBuilder::new();
+        let (mut w, mut h) = (Int64Builder::new(), Int64Builder::new());
+        for m in meta {
+            text.append_option(m.text.as_deref());
+            w.append_option(m.original_size.map(|s| s.0 as i64));
+            h.append_option(m.original_size.map(|s| s.1 as i64));
+        }
+        cols.push(("text", Arc::new(text.finish())));
+        cols.push(("original_width", Arc::new(w.finish())));
+        cols.push(("original_height", Arc::new(h.finish())));
+    }
     for (name, values) in columns {
         if values.len() != ids.len() {
             return Err(Error::Config(format!("column {name} has {} values for {} rows", values.len(), ids.len())));

@@ -28,7 +28,7 @@ impl Default for KMeansConfig {
 /// Fitted centroids (unit vectors); points are assigned to the centroid of largest inner product, as DataComp's
 /// `get_centroid_ids_gpu` does.
 ///
-/// Determinism: every dot product has a fixed summation order, assignment runs in parallel per row and the
+/// Seeding is k-means++ (spherical distance) up to k = 1024, random sample points above. Determinism: every dot product has a fixed summation order, assignment runs in parallel per row and the
 /// centroid sums are accumulated in row order in `f64`, so the centroids are the same bits for any thread count.
 ///
 /// ```
@@ -81,6 +81,44 @@ fn nearest(x: &[f32], centroids: &[f32], dim: usize) -> (u32, f32) {
     best
 }
 
+/// Above this k the initial centroids are random sample points (k-means++ costs k passes over the sample).
+const PLUS_PLUS_MAX_K: usize = 1024;
+
+/// k-means++ seeding with the spherical distance 1 − cos: each next centroid is drawn with probability
+/// proportional to the squared distance to the nearest centroid so far.
+fn plus_plus(pts: &[f32], dim: usize, k: usize, rng: &mut SplitMix64, threads: usize) -> Vec<f32> {
+    let n = pts.len() / dim;
+    let first = rng.below(n as u64) as usize;
+    let mut centroids = pts[first * dim..(first + 1) * dim].to_vec();
+    let dist = |r: usize, c: &[f32]| {
+        let d = 1.0 - dot(&pts[r * dim..(r + 1) * dim], c) as f64;
+        d.max(0.0) * d.max(0.0)
+    };
+    let mut d2 = par_rows(n, threads, |r| dist(r, &centroids[..dim]));
+    for _ in 1..k {
+        let total: f64 = d2.iter().sum();
+        let pick = if total > 0.0 {
+            let mut x = rng.unit() * total;
+            let mut chosen = n - 1;
+            for (r, &w) in d2.iter().enumerate() {
+                if x < w {
+                    chosen = r;
+                    break;
+                }
+                x -= w;
+            }
+            chosen
+        } else {
+            rng.below(n as u64) as usize
+        };
+        let c = pts[pick * dim..(pick + 1) * dim].to_vec();
+        let nd = par_rows(n, threads, |r| dist(r, &c));
+        d2.iter_mut().zip(nd).for_each(|(a, b)| *a = a.min(b));
+        centroids.extend(c);
+    }
+    centroids
+}
+
 impl KMeans {
     /// Fits `config.k` centroids to the `rows × dim` points (normalised first).
     pub fn fit(data: &[f32], dim: usize, config: &KMeansConfig) -> Result<Self> {
@@ -105,16 +143,18 @@ impl KMeans {
             pts.extend_from_slice(&data[i * dim..(i + 1) * dim]);
         }
         let pts = normalized(&pts, dim);
-        // initial centroids: k distinct sample points, seeded
-        let mut order: Vec<usize> = (0..want).collect();
-        for i in 0..k {
-            let j = i + rng.below((want - i) as u64) as usize;
-            order.swap(i, j);
-        }
-        let mut centroids = Vec::with_capacity(k * dim);
-        for &i in &order[..k] {
-            centroids.extend_from_slice(&pts[i * dim..(i + 1) * dim]);
-        }
+        let centroids = if k <= PLUS_PLUS_MAX_K {
+            plus_plus(&pts, dim, k, &mut rng, threads)
+        } else {
+            // initial centroids: k distinct sample points, seeded (faiss's default)
+            let mut order: Vec<usize> = (0..want).collect();
+            for i in 0..k {
+                let j = i + rng.below((want - i) as u64) as usize;
+                order.swap(i, j);
+            }
+            order[..k].iter().flat_map(|&i| pts[i * dim..(i + 1) * dim].to_vec()).collect()
+        };
+        let mut centroids = centroids;
         let mut assign: Vec<(u32, f32)> = vec![(u32::MAX, 0.0); want];
         for _ in 0..config.iterations.max(1) {
             let next = par_rows(want, threads, |r| nearest(&pts[r * dim..(r + 1) * dim], &centroids, dim));

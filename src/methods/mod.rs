@@ -20,7 +20,7 @@ mod neg_clip_loss;
 mod norm_sim;
 mod text_based;
 
-pub use basic::{BasicFeatures, BasicFilter, is_english};
+pub use basic::{BasicFeatures, BasicFilter, english_flags, is_english};
 pub use clip_score::clip_score;
 pub use kmeans::{ImageClusters, KMeans, KMeansConfig};
 pub use neg_clip_loss::{NegClipLossConfig, neg_clip_loss, neg_clip_loss_in_batches, random_batches};

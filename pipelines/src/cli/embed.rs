@@ -1,11 +1,11 @@
 //! `flyt embed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flyt::clip::{Embedder, EmbedderConfig};
-use flyt::{NpyArray, NpyData, ReaderConfig, Record, ShardReader};
+use flyt::{NpyArray, NpyData, ReaderConfig, Record, RowMeta, ShardReader};
 
 use crate::shards::{expand_shards, progress, show};
 
@@ -24,7 +24,8 @@ pub struct Args {
     /// A Hugging Face CLIP folder: config.json, model.safetensors, vocab.json + merges.txt (or tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// Output directory: `<shard>.npz` (embeddings) and `<shard>.parquet` (uid, key, clip score) per shard.
+    /// Output directory: per shard `<shard>.npz` (embeddings) and `<shard>.parquet` (uid, key, text,
+    /// original_width, original_height, CLIP score: a DataComp-style pool `flyt filter` reads).
     #[arg(long)]
     pub out: PathBuf,
     /// Array and column name prefix (`b32`, `l14` give DataComp's names).
@@ -102,8 +103,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut reader = ShardReader::open(path, ReaderConfig::default())?;
         let mut rejects = Vec::new();
         let mut failure = None;
+        let mut meta: HashMap<String, RowMeta> = HashMap::new();
         let samples = reader.by_ref().filter_map(|r| match r {
-            Ok(Record::Sample(s)) => Some(*s),
+            Ok(Record::Sample(s)) => {
+                meta.insert(s.key.clone(), RowMeta { text: s.caption.clone(), original_size: s.original_size() });
+                Some(*s)
+            }
             Ok(Record::Rejected(r)) => {
                 rejects.push(r);
                 None
@@ -129,7 +134,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         arrays.insert(format!("{}_txt", a.prefix), NpyArray { shape, data: data(&emb.text) });
         flyt::write_npz(&npz, &arrays, false)?;
         let score_col = format!("{}_clip_score", a.prefix);
-        flyt::write_score_table(&table, &emb.ids, &[(score_col.as_str(), &emb.clip_score)])?;
+        let meta: Vec<RowMeta> = emb.ids.iter().map(|(_, k)| meta.remove(k).unwrap_or_default()).collect();
+        flyt::write_score_table(&table, &emb.ids, &meta, &[(score_col.as_str(), &emb.clip_score)])?;
         let lines: String =
             rejects.iter().map(|r| format!("{}\n", serde_json::to_string(r).unwrap_or_default())).collect();
         flyt::write_atomic(&a.out.join(format!("{stem}.rejects.jsonl")), lines.as_bytes())?;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod doctor;
 mod embed;
 mod embed_bench;
+mod filter;
 mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
@@ -30,6 +31,12 @@ pub enum Command {
     Embed(embed::Args),
     /// Time the image tower of a randomly initialised CLIP (ViT-B/32 or ViT-L/14) on a device.
     EmbedBench(embed_bench::Args),
+    /// Select a subset with one of DataComp's baseline filters or a score method (CLIP score, negCLIPLoss,
+    /// NormSim); writes a DataComp subset file.
+    Filter(filter::Args),
+    /// Compute every per-uid score column a pool's inputs allow (CLIP score, negCLIPLoss, NormSim, basic-filter
+    /// features, image- and text-based) into one parquet, for M-FLYT.
+    Scores(filter::ScoresArgs),
     /// Read shards and print per-shard stats and rejects.
     Inspect(inspect::Args),
     /// Write the samples a DataComp subset file selects, each repeated as often as listed, into new shards.
@@ -75,6 +82,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Embed(a) => embed::run(a),
         Command::EmbedBench(a) => embed_bench::run(a),
+        Command::Filter(a) => filter::run(a),
+        Command::Scores(a) => filter::run_scores(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Reshard(a) => reshard::run(a),
         Command::Sample(a) => sample::run(a),
