@@ -29,6 +29,7 @@ mod sample;
 pub mod sampling;
 pub mod synth;
 mod torch_runtime;
+pub mod train;
 mod uid;
 mod webdataset;
 

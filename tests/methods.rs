@@ -173,7 +173,7 @@ fn kmeans_recovers_planted_clusters() {
     let km = KMeans::fit(&pts, dim, &KMeansConfig { k: 6, iterations: 30, seed: 1, ..Default::default() }).unwrap();
     let a = km.assign(&pts, 2);
     // every planted cluster maps to one centroid, and different clusters to different centroids
-    let mut map = vec![None; 6];
+    let mut map = [None; 6];
     for (i, &(c, sim)) in a.iter().enumerate() {
         assert!(sim > 0.9, "a point far from its centroid: {sim}");
         match map[label[i]] {

@@ -142,6 +142,22 @@ fn embed_matches_transformers_and_resumes() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("skipped 1"), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(std::fs::metadata(out.join("00000000.npz")).unwrap().modified().unwrap(), before);
+    // The output is a DataComp-style pool: CLIP-score filtering from images and captions, end to end.
+    let table = flyt::read_metadata(out.join("00000000.parquet")).unwrap();
+    assert!(table.rows.iter().all(|r| r.text.is_some() && r.original_width.is_some() && r.original_height.is_some()));
+    let sub = dir.path().join("clip50.npy");
+    let o = Command::new(flyt)
+        .args(["filter", "--method", "clip-score", "--fraction", "0.5", "--device", "cpu", "--pool"])
+        .args([out.to_str().unwrap(), "--out", sub.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kept = flyt::read_subset(&sub).unwrap();
+    let mut by_score = flyt::read_scores_parquet(out.join("00000000.parquet"), "b32_clip_score").unwrap();
+    by_score.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut want: Vec<flyt::Uid> = by_score[..12].iter().map(|p| p.0).collect();
+    want.sort();
+    assert_eq!(kept, want, "the top half by the embedder's CLIP score");
     // Default float16 output, DataComp's dtype, and the fast (DCT-scaled) path run too.
     let out16 = dir.path().join("out16");
     let o = Command::new(flyt)

@@ -33,6 +33,9 @@ pub fn english_flags(captions: &[Option<&str>]) -> Vec<bool> {
         .collect()
 }
 
+/// An image's (width, height), when known.
+pub type ImageSize = Option<(u64, u64)>;
+
 /// The features DataComp's basic filter looks at, for one example.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BasicFeatures {
@@ -53,7 +56,7 @@ impl BasicFeatures {
     }
 
     /// Features of many examples, the language detected in parallel.
-    pub fn batch(rows: &[(Option<&str>, Option<(u64, u64)>)]) -> Vec<Self> {
+    pub fn batch(rows: &[(Option<&str>, ImageSize)]) -> Vec<Self> {
         let caps: Vec<Option<&str>> = rows.iter().map(|r| r.0).collect();
         rows.iter().zip(english_flags(&caps)).map(|(&(c, s), e)| Self::with_english(c, s, e)).collect()
     }

@@ -20,7 +20,7 @@ mod neg_clip_loss;
 mod norm_sim;
 mod text_based;
 
-pub use basic::{BasicFeatures, BasicFilter, english_flags, is_english};
+pub use basic::{BasicFeatures, BasicFilter, ImageSize, english_flags, is_english};
 pub use clip_score::clip_score;
 pub use kmeans::{ImageClusters, KMeans, KMeansConfig};
 pub use neg_clip_loss::{NegClipLossConfig, neg_clip_loss, neg_clip_loss_in_batches, random_batches};
@@ -61,7 +61,7 @@ pub(crate) fn rows_of(what: &str, data: &[f32], dim: usize) -> Result<usize> {
     if dim == 0 {
         return Err(Error::Config(format!("{what}: embedding dimension is 0")));
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(Error::Config(format!("{what}: {} values is not a whole number of {dim}-d rows", data.len())));
     }
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {

@@ -60,7 +60,10 @@ pub fn neg_clip_loss(
     config: &NegClipLossConfig,
     device: tch::Device,
 ) -> Result<Vec<f32>> {
-    if config.batch_size == 0 || config.repeats == 0 || !(config.temperature > 0.0) {
+    if config.batch_size == 0
+        || config.repeats == 0
+        || config.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         return Err(Error::Config("negCLIPLoss: batch size, repeats and temperature must be positive".into()));
     }
     let partitions = random_batches(uids, config.batch_size, config.repeats, config.seed);
@@ -116,7 +119,7 @@ pub fn neg_clip_loss_in_batches(
     if rows_of("text embeddings", text, dim)? != n {
         return Err(Error::Config(format!("negCLIPLoss: {n} image rows but {} text rows", text.len() / dim)));
     }
-    if partitions.is_empty() || batch_size == 0 || !(temperature > 0.0) {
+    if partitions.is_empty() || batch_size == 0 || temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return Err(Error::Config("negCLIPLoss: batch size, repeats and temperature must be positive".into()));
     }
     for (k, part) in partitions.iter().enumerate() {

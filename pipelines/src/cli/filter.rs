@@ -204,7 +204,7 @@ fn mask(v: impl Iterator<Item = bool>) -> Vec<f32> {
 }
 
 fn basic_features(pool: &Pool) -> Vec<BasicFeatures> {
-    let rows: Vec<(Option<&str>, Option<(u64, u64)>)> = pool
+    let rows: Vec<(Option<&str>, flyt::methods::ImageSize)> = pool
         .rows
         .iter()
         .map(|r| {

@@ -1,0 +1,14 @@
+//! FLYT / M-FLYT training building blocks (notes §2–3): the negative-weighted CLIP loss, the functional AdamW
+//! step with its closed-form Jacobian, and the closed-form mixed derivative G that carries the downstream
+//! gradient back to the example weights.
+//!
+//! Work in progress toward the full trainer (`flyt train`): these pieces are exact and tested against finite
+//! differences in f64; the reference models, the downstream losses and the training loop build on them.
+
+mod adamw;
+mod loss;
+mod mixed;
+
+pub use adamw::{AdamW, adamw_jacobian, adamw_step};
+pub use loss::{clip_loss, weighted_clip_loss};
+pub use mixed::weight_gradient;
