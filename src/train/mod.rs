@@ -1,5 +1,6 @@
 //! FLYT / M-FLYT training building blocks (notes §2–3): the negative-weighted CLIP loss, the functional AdamW
-//! step with its closed-form Jacobian, and the closed-form mixed derivative G that carries the downstream
+//! step with its closed-form Jacobian, the closed-form mixed derivative G, and the scoring models (`GluHead`,
+//! `Mixer`) that carries the downstream
 //! gradient back to the example weights.
 //!
 //! Work in progress toward the full trainer (`flyt train`): these pieces are exact and tested against finite
@@ -8,7 +9,9 @@
 mod adamw;
 mod loss;
 mod mixed;
+mod models;
 
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
 pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
+pub use models::{GluHead, Mixer};

@@ -1,0 +1,154 @@
+//! The scoring models: `GluHead` (FLYT, notes §2.1) and `Mixer` (M-FLYT, notes §3).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// FLYT's scoring head: one SwiGLU feed-forward layer over x = [u; t] (the frozen CLIP's normalised image and
+/// text embeddings), s = W2 · (silu(W1 x + b1) ⊙ (W3 x + b3)) + b2, hidden width 2·dim, one output.
+#[derive(Debug)]
+pub struct GluHead {
+    w1: nn::Linear,
+    w3: nn::Linear,
+    w2: nn::Linear,
+    dim: i64,
+}
+
+impl GluHead {
+    /// A head for `dim`-d embeddings with PyTorch's default Linear initialisation.
+    pub fn new(vs: &nn::Path, dim: i64) -> Self {
+        let h = 2 * dim;
+        Self {
+            w1: nn::linear(vs / "w1", 2 * dim, h, Default::default()),
+            w3: nn::linear(vs / "w3", 2 * dim, h, Default::default()),
+            w2: nn::linear(vs / "w2", h, 1, Default::default()),
+            dim,
+        }
+    }
+
+    /// The cosine-similarity initialisation (notes §2.1): W1 = diag(+1, …, −1, …), W3 maps [u; t] to [t; −u],
+    /// W2 all ones, biases 0, plus N(0, noise²) on every weight and bias, so that initially s ≈ ⟨u, t⟩.
+    pub fn cos_sim_init(&mut self, noise: f64) {
+        let _g = tch::no_grad_guard();
+        let d = self.dim;
+        let dev = self.w1.ws.device();
+        let kind = self.w1.ws.kind();
+        let eye = Tensor::eye(d, (kind, dev));
+        let z = Tensor::zeros([d, d], (kind, dev));
+        let w1 = Tensor::cat(&[Tensor::cat(&[&eye, &z], 1), Tensor::cat(&[&z, &(-&eye)], 1)], 0);
+        let w3 = Tensor::cat(&[Tensor::cat(&[&z, &eye], 1), Tensor::cat(&[&(-&eye), &z], 1)], 0);
+        self.w1.ws.copy_(&w1);
+        self.w3.ws.copy_(&w3);
+        let _ = self.w2.ws.fill_(1.0);
+        for b in [&mut self.w1.bs, &mut self.w3.bs, &mut self.w2.bs].into_iter().flatten() {
+            let _ = b.zero_();
+        }
+        if noise > 0.0 {
+            for t in [&mut self.w1.ws, &mut self.w3.ws, &mut self.w2.ws] {
+                let n = t.randn_like() * noise;
+                let _ = t.g_add_(&n);
+            }
+            for b in [&mut self.w1.bs, &mut self.w3.bs, &mut self.w2.bs].into_iter().flatten() {
+                let n = b.randn_like() * noise;
+                let _ = b.g_add_(&n);
+            }
+        }
+    }
+
+    /// Scores of `N` examples from their normalised image and text embeddings (`N × dim` each).
+    pub fn score(&self, image: &Tensor, text: &Tensor) -> Tensor {
+        let x = Tensor::cat(&[image, text], 1);
+        let h = self.w1.forward(&x).silu() * self.w3.forward(&x);
+        self.w2.forward(&h).squeeze_dim(1)
+    }
+}
+
+/// M-FLYT's mixer: one linear layer with bias over K per-method scores, each z-scored with the pool statistics
+/// stored in the model (`mean`, `std`, not trained).
+#[derive(Debug)]
+pub struct Mixer {
+    linear: nn::Linear,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Mixer {
+    /// A mixer over `k` inputs (mean 0, std 1 until [`Mixer::set_stats`]).
+    pub fn new(vs: &nn::Path, k: i64) -> Self {
+        Self {
+            linear: nn::linear(vs / "linear", k, 1, Default::default()),
+            mean: vs.zeros_no_train("mean", &[k]),
+            std: vs.ones_no_train("std", &[k]),
+        }
+    }
+
+    /// Sets the z-scoring statistics from a pool's `N × K` score matrix (population std, floored at 1e-12).
+    pub fn set_stats(&mut self, pool: &Tensor) {
+        let _g = tch::no_grad_guard();
+        let mean = pool.mean_dim([0i64].as_slice(), false, self.mean.kind());
+        let std = pool.std_dim([0i64].as_slice(), false, false).clamp_min(1e-12).to_kind(self.std.kind());
+        self.mean.copy_(&mean.to_kind(self.mean.kind()));
+        self.std.copy_(&std);
+    }
+
+    /// The learned weights (per z-scored input) and bias.
+    pub fn weights(&self) -> (Tensor, Tensor) {
+        let b = self
+            .linear
+            .bs
+            .as_ref()
+            .map(|b| b.shallow_clone())
+            .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, self.mean.device())));
+        (self.linear.ws.squeeze_dim(0), b)
+    }
+
+    /// Mixed scores of an `N × K` matrix of per-method scores.
+    pub fn score(&self, scores: &Tensor) -> Tensor {
+        self.linear.forward(&((scores - &self.mean) / &self.std)).squeeze_dim(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn cos_sim_init_scores_close_to_the_cosine() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut head = GluHead::new(&vs.root(), 64);
+        head.cos_sim_init(0.0);
+        let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+        let u = norm(Tensor::randn([200, 64], (Kind::Float, Device::Cpu)));
+        let t = norm(&u * 0.5 + Tensor::randn([200, 64], (Kind::Float, Device::Cpu)));
+        let cos = (&u * &t).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let s = tch::no_grad(|| head.score(&u, &t));
+        // s = Σ u_i t_i (σ(u_i) + 1 − σ(t_i)) ≈ ⟨u, t⟩ + Σ u_i t_i (u_i − t_i)/4: close, not equal
+        let err = (&s - &cos).abs().max().double_value(&[]);
+        assert!(err < 0.05, "max |s − cos| = {err}");
+        let st = Tensor::stack(&[&s, &cos], 0);
+        let corr = st.corrcoef().double_value(&[0, 1]);
+        assert!(corr > 0.99, "correlation {corr}");
+        assert_eq!(vs.trainable_variables().len(), 6);
+    }
+
+    #[test]
+    fn mixer_z_scores_with_stored_statistics() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut m = Mixer::new(&vs.root(), 2);
+        let pool = Tensor::from_slice(&[1.0f32, 10.0, 3.0, 30.0, 5.0, 50.0]).view([3, 2]);
+        m.set_stats(&pool);
+        tch::no_grad(|| {
+            m.linear.ws.copy_(&Tensor::from_slice(&[2.0f32, -1.0]).view([1, 2]));
+            let _ = m.linear.bs.as_mut().unwrap().fill_(0.5);
+        });
+        // population std of (1, 3, 5) is √(8/3): row 0 z-scores to (−√1.5, −√1.5) ⇒ 2·z − z + 0.5 = 0.5 − √1.5
+        let s = tch::no_grad(|| m.score(&pool));
+        assert!((s.double_value(&[0]) - (0.5 - 1.5f64.sqrt())).abs() < 1e-6, "{s:?}");
+        assert!((s.double_value(&[1]) - 0.5).abs() < 1e-6);
+        assert_eq!(vs.trainable_variables().len(), 2, "mean and std are not trained");
+        let (w, b) = m.weights();
+        assert_eq!(w.size(), vec![2]);
+        assert!((b.double_value(&[0]) - 0.5).abs() < 1e-6);
+    }
+}
