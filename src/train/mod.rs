@@ -7,11 +7,19 @@
 //! differences in f64; the reference models, the downstream losses and the training loop build on them.
 
 mod adamw;
+mod checkpoint;
+mod embedding;
 mod loss;
 mod mixed;
 mod models;
+mod optim;
+mod trainer;
 
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
+pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use embedding::{DownstreamBatch, EmbeddingReference, Inner, LOGIT_SCALE_RANGE, Lookahead};
 pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
 pub use models::{GluHead, Mixer};
+pub use optim::{ParamAdamW, cosine_lr, decays};
+pub use trainer::{DownstreamTask, FlytConfig, FlytState, ScoringModel, StepLog, UpstreamPool, train_flyt};

@@ -54,6 +54,18 @@ impl GluHead {
         }
     }
 
+    /// The trainable parameters by name.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (n, l) in [("w1", &self.w1), ("w3", &self.w3), ("w2", &self.w2)] {
+            out.push((format!("{n}.weight"), l.ws.shallow_clone()));
+            if let Some(b) = &l.bs {
+                out.push((format!("{n}.bias"), b.shallow_clone()));
+            }
+        }
+        out
+    }
+
     /// Scores of `N` examples from their normalised image and text embeddings (`N × dim` each).
     pub fn score(&self, image: &Tensor, text: &Tensor) -> Tensor {
         let x = Tensor::cat(&[image, text], 1);
@@ -99,6 +111,25 @@ impl Mixer {
             .map(|b| b.shallow_clone())
             .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, self.mean.device())));
         (self.linear.ws.squeeze_dim(0), b)
+    }
+
+    /// The trainable parameters by name.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("linear.weight".to_string(), self.linear.ws.shallow_clone())];
+        if let Some(b) = &self.linear.bs {
+            out.push(("linear.bias".into(), b.shallow_clone()));
+        }
+        out
+    }
+
+    /// Starts from zero weights and bias (every example scores the same: uniform upstream weights) instead of
+    /// PyTorch's random default, so no input starts with an arbitrary sign.
+    pub fn zero_init(&mut self) {
+        let _g = tch::no_grad_guard();
+        let _ = self.linear.ws.zero_();
+        if let Some(b) = &mut self.linear.bs {
+            let _ = b.zero_();
+        }
     }
 
     /// Mixed scores of an `N × K` matrix of per-method scores.

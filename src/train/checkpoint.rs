@@ -1,0 +1,118 @@
+//! FLYT checkpoints: one safetensors file with the scoring model, the reference model and every optimiser
+//! moment, and a JSON sidecar (step counters and the run's description) written last, as the commit marker.
+
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::trainer::{FlytState, ScoringModel};
+use crate::{Error, Result};
+
+fn sidecar(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+fn tch_err(path: &Path, e: tch::TchError) -> Error {
+    Error::format(path, "safetensors", e.to_string())
+}
+
+/// Saves the model and the run state to `path` (`.safetensors`) and `path` with `.json` (counters plus
+/// `meta`, e.g. the inputs and their versions). Both are written under temporary names and renamed, the JSON
+/// last, so a reader never sees a half-written checkpoint.
+pub fn save_checkpoint(
+    path: &Path,
+    model: &impl ScoringModel,
+    state: &FlytState,
+    meta: &serde_json::Value,
+) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (n, t) in model.named_parameters() {
+        named.push((format!("model.{n}"), t.detach()));
+    }
+    let r = &state.reference;
+    for (i, p) in r.params.iter().enumerate() {
+        named.push((format!("reference.{i}"), p.detach()));
+    }
+    named.push(("reference.rho".into(), r.rho.detach()));
+    let (m, v, ref_t) = r.opt.state();
+    for (i, (m, v)) in m.iter().zip(&v).enumerate() {
+        named.push((format!("reference_opt.m.{i}"), m.shallow_clone()));
+        named.push((format!("reference_opt.v.{i}"), v.shallow_clone()));
+    }
+    let (m, v, rho_t) = r.rho_opt.state();
+    named.push(("rho_opt.m".into(), m[0].shallow_clone()));
+    named.push(("rho_opt.v".into(), v[0].shallow_clone()));
+    let (m, v, score_t) = state.score_opt.state();
+    for (i, (m, v)) in m.iter().zip(&v).enumerate() {
+        named.push((format!("score_opt.m.{i}"), m.shallow_clone()));
+        named.push((format!("score_opt.v.{i}"), v.shallow_clone()));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    Tensor::write_safetensors(&named, &tmp).map_err(|e| tch_err(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let json = serde_json::json!({
+        "format": "flyt-checkpoint-v1",
+        "step": state.step,
+        "reference_t": ref_t,
+        "rho_t": rho_t,
+        "score_t": score_t,
+        "meta": meta,
+    });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Config(e.to_string()))?;
+    crate::write_atomic(&sidecar(path), text.as_bytes())
+}
+
+/// Loads a checkpoint written by [`save_checkpoint`] into an existing model and state of the same shapes;
+/// returns the saved `meta`. A missing tensor or a shape mismatch is an error naming the tensor.
+pub fn load_checkpoint(path: &Path, model: &impl ScoringModel, state: &mut FlytState) -> Result<serde_json::Value> {
+    let side = sidecar(path);
+    let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&side, "json", e.to_string()))?;
+    let counter = |k: &str| {
+        json.get(k).and_then(|v| v.as_i64()).ok_or_else(|| Error::format(&side, k, "missing or not an integer"))
+    };
+    let tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
+    let get = |k: &str, like: &Tensor| -> Result<Tensor> {
+        let t = tensors.get(k).ok_or_else(|| Error::format(path, k, "missing from the checkpoint"))?;
+        if t.size() != like.size() {
+            return Err(Error::format(path, k, format!("shape {:?}, the model has {:?}", t.size(), like.size())));
+        }
+        Ok(t.to_kind(like.kind()).to_device(like.device()))
+    };
+    let _g = tch::no_grad_guard();
+    for (n, mut t) in model.named_parameters() {
+        let v = get(&format!("model.{n}"), &t)?;
+        t.copy_(&v);
+    }
+    let r = &mut state.reference;
+    for (i, p) in r.params.iter_mut().enumerate() {
+        let v = get(&format!("reference.{i}"), p)?;
+        p.copy_(&v);
+    }
+    let v = get("reference.rho", &r.rho)?;
+    r.rho.copy_(&v);
+    let (m0, v0, _) = r.opt.state();
+    let mut ms = Vec::new();
+    let mut vs = Vec::new();
+    for i in 0..m0.len() {
+        ms.push(get(&format!("reference_opt.m.{i}"), &m0[i])?);
+        vs.push(get(&format!("reference_opt.v.{i}"), &v0[i])?);
+    }
+    r.opt.set_state(ms, vs, counter("reference_t")?);
+    let (m0, v0, _) = r.rho_opt.state();
+    let (m, v) = (get("rho_opt.m", &m0[0])?, get("rho_opt.v", &v0[0])?);
+    r.rho_opt.set_state(vec![m], vec![v], counter("rho_t")?);
+    let (m0, v0, _) = state.score_opt.state();
+    let mut ms = Vec::new();
+    let mut vs = Vec::new();
+    for i in 0..m0.len() {
+        ms.push(get(&format!("score_opt.m.{i}"), &m0[i])?);
+        vs.push(get(&format!("score_opt.v.{i}"), &v0[i])?);
+    }
+    state.score_opt.set_state(ms, vs, counter("score_t")?);
+    state.step = counter("step")? as usize;
+    Ok(json.get("meta").cloned().unwrap_or(serde_json::Value::Null))
+}

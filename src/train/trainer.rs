@@ -1,0 +1,204 @@
+//! The FLYT / M-FLYT training loop in `embedding` reference mode (notes §2.5–2.6, §3).
+
+use tch::{Kind, Tensor};
+
+use super::adamw::AdamW;
+use super::embedding::{DownstreamBatch, EmbeddingReference, Inner};
+use super::models::{GluHead, Mixer};
+use super::optim::{ParamAdamW, cosine_lr};
+use crate::synth::SplitMix64;
+use crate::{Error, Result};
+
+/// A scoring model trained by FLYT: scores from per-example features.
+pub trait ScoringModel {
+    /// Scores of `N` examples from their `N × F` features.
+    fn forward(&self, features: &Tensor) -> Tensor;
+    /// The trainable parameters with their names (for weight decay and checkpoints).
+    fn named_parameters(&self) -> Vec<(String, Tensor)>;
+}
+
+impl ScoringModel for GluHead {
+    /// Features are [u; t], the frozen normalised image and text embeddings side by side (`N × 2·dim`).
+    fn forward(&self, features: &Tensor) -> Tensor {
+        let d = features.size()[1] / 2;
+        self.score(&features.narrow(1, 0, d), &features.narrow(1, d, d))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters()
+    }
+}
+
+impl ScoringModel for Mixer {
+    /// Features are the K per-method scores (`N × K`).
+    fn forward(&self, features: &Tensor) -> Tensor {
+        self.score(features)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters()
+    }
+}
+
+/// The upstream pool in embedding mode: frozen image and text embeddings (`P × in`) for the reference model,
+/// and the scoring model's features (`P × F`).
+#[derive(Debug)]
+pub struct UpstreamPool {
+    /// Frozen image embeddings.
+    pub image: Tensor,
+    /// Frozen text embeddings.
+    pub text: Tensor,
+    /// Scoring features.
+    pub features: Tensor,
+}
+
+/// A downstream task: frozen image embeddings with labels, and frozen prompt embeddings `C × T × in` (class ×
+/// template); each step draws a batch of images and one random template per class.
+#[derive(Debug)]
+pub struct DownstreamTask {
+    /// `M × in`.
+    pub image: Tensor,
+    /// `M` int64 labels in `0..C`.
+    pub labels: Tensor,
+    /// `C × T × in`.
+    pub prompts: Tensor,
+}
+
+/// Training settings (defaults: notes §2.6, except the step count).
+#[derive(Clone, Debug)]
+pub struct FlytConfig {
+    /// Iterations.
+    pub steps: usize,
+    /// Upstream batch size (sampled with replacement).
+    pub batch: usize,
+    /// Downstream batch size per task.
+    pub down_batch: usize,
+    /// Reference learning rate (5e-5) and scoring learning rate (1e-3).
+    pub ref_lr: f64,
+    /// Scoring learning rate.
+    pub score_lr: f64,
+    /// Linear warmup steps before the cosine decay (100).
+    pub warmup: usize,
+    /// AdamW β, ε, weight decay for both models (lr is scheduled).
+    pub adam: AdamW,
+    /// The inner step differentiated through.
+    pub inner: Inner,
+    /// Seed for batch sampling and templates.
+    pub seed: u64,
+}
+
+impl Default for FlytConfig {
+    fn default() -> Self {
+        Self {
+            steps: 5000,
+            batch: 4096,
+            down_batch: 3072,
+            ref_lr: 5e-5,
+            score_lr: 1e-3,
+            warmup: 100,
+            adam: AdamW::default(),
+            inner: Inner::AdamW,
+            seed: 0,
+        }
+    }
+}
+
+/// One step's record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLog {
+    /// Step index (0-based).
+    pub step: usize,
+    /// Weighted upstream loss at θ.
+    pub up_loss: f64,
+    /// Downstream loss at θ'.
+    pub down_loss: f64,
+    /// ‖∇_θ L_w‖.
+    pub ref_grad_norm: f64,
+    /// ‖∇_φ J‖.
+    pub score_grad_norm: f64,
+    /// Learning rates used.
+    pub ref_lr: f64,
+    /// Scoring learning rate used.
+    pub score_lr: f64,
+}
+
+fn sample_rows(rng: &mut SplitMix64, n: i64, k: usize, device: tch::Device) -> Tensor {
+    let idx: Vec<i64> = (0..k).map(|_| rng.below(n as u64) as i64).collect();
+    Tensor::from_slice(&idx).to_device(device)
+}
+
+/// The state a FLYT run carries from step to step (and a checkpoint saves): the reference model with its
+/// optimisers, the scoring model's optimiser, and the next step.
+#[derive(Debug)]
+pub struct FlytState {
+    /// The reference model, its AdamW and ρ.
+    pub reference: EmbeddingReference,
+    /// AdamW over the scoring model's parameters.
+    pub score_opt: ParamAdamW,
+    /// The next step to run (0 for a new run).
+    pub step: usize,
+}
+
+/// Trains `model` with FLYT's lookahead loop from `state.step` to `config.steps`, calling `on_step` after each
+/// step. Batches depend only on (seed, step), so a resumed run draws what an uninterrupted one would.
+pub fn train_flyt(
+    model: &impl ScoringModel,
+    state: &mut FlytState,
+    pool: &UpstreamPool,
+    tasks: &[DownstreamTask],
+    config: &FlytConfig,
+    mut on_step: impl FnMut(&StepLog) -> Result<()>,
+) -> Result<()> {
+    let p = pool.image.size()[0];
+    if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.image.size()[0] == 0) {
+        return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
+    }
+    let device = pool.image.device();
+    let mut params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+    while state.step < config.steps {
+        let step = state.step;
+        let (reference, score_opt) = (&mut state.reference, &mut state.score_opt);
+        let mut rng = SplitMix64::new(config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let idx = sample_rows(&mut rng, p, config.batch, device);
+        let (img, txt, feat) =
+            (pool.image.index_select(0, &idx), pool.text.index_select(0, &idx), pool.features.index_select(0, &idx));
+        let batches: Vec<DownstreamBatch> = tasks
+            .iter()
+            .map(|t| {
+                let m = t.image.size()[0];
+                let di = sample_rows(&mut rng, m, config.down_batch, device);
+                let (c, nt) = (t.prompts.size()[0], t.prompts.size()[1]);
+                let tmpl: Vec<i64> = (0..c).map(|_| rng.below(nt as u64) as i64).collect();
+                let rows = Tensor::arange(c, (Kind::Int64, device));
+                let prompts = t.prompts.index(&[Some(rows), Some(Tensor::from_slice(&tmpl).to_device(device))]);
+                DownstreamBatch { image: t.image.index_select(0, &di), labels: t.labels.index_select(0, &di), prompts }
+            })
+            .collect();
+        let ref_lr = cosine_lr(config.ref_lr, step, config.warmup, config.steps);
+        let score_lr = cosine_lr(config.score_lr, step, config.warmup, config.steps);
+        let s = model.forward(&feat);
+        let look = reference.lookahead(&s, &img, &txt, &batches, config.inner, ref_lr)?;
+        // the scoring surrogate J(φ) = Σ_k softmax(s)_k G_k with G constant
+        let surrogate = (s.softmax(0, s.kind()) * look.g_w.detach()).sum(s.kind());
+        let grads = Tensor::run_backward(&[&surrogate], &params, false, false);
+        let score_grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let log = StepLog {
+            step,
+            up_loss: look.up_loss,
+            down_loss: look.down_loss,
+            ref_grad_norm: look.grad_norm,
+            score_grad_norm,
+            ref_lr,
+            score_lr,
+        };
+        if !(log.up_loss.is_finite() && log.down_loss.is_finite() && score_grad_norm.is_finite()) {
+            tracing::warn!(step, "non-finite loss or gradient: step skipped");
+            state.step += 1;
+            on_step(&log)?;
+            continue;
+        }
+        score_opt.step(&mut params, &grads, score_lr);
+        reference.apply(look, ref_lr);
+        state.step += 1;
+        on_step(&log)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! FLYT's hypergradient against finite differences (f64), and training behaviour on planted pools.
+
+use flyt::train::{AdamW, DownstreamBatch, EmbeddingReference, Inner};
+use tch::{Device, Kind, Tensor};
+
+const OPTS: (Kind, Device) = (Kind::Double, Device::Cpu);
+
+/// These tests seed libtorch's process-wide random generator (`tch::manual_seed`) and then draw from it; a test
+/// running concurrently in another thread would draw from the same generator in between. They take turns (a
+/// real run is one training per process).
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_turn() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Setup {
+    reference: EmbeddingReference,
+    up_image: Tensor,
+    up_text: Tensor,
+    tasks: Vec<DownstreamBatch>,
+    s: Tensor,
+}
+
+fn setup(seed: i64) -> Setup {
+    tch::manual_seed(seed);
+    let (din, dout, n) = (6, 5, 8);
+    let reference = EmbeddingReference::new(din, dout, 0.3, AdamW::default(), Kind::Double, Device::Cpu);
+    let up_image = Tensor::randn([n, din], OPTS);
+    let up_text = &up_image * 0.5 + Tensor::randn([n, din], OPTS);
+    let task = |m: i64, c: i64| DownstreamBatch {
+        image: Tensor::randn([m, din], OPTS),
+        labels: Tensor::randint(c, [m], (Kind::Int64, Device::Cpu)),
+        prompts: Tensor::randn([c, din], OPTS),
+    };
+    let tasks = vec![task(6, 3), task(5, 4)];
+    let s = Tensor::randn([n], OPTS);
+    Setup { reference, up_image, up_text, tasks, s }
+}
+
+/// ∂L_down/∂s by the closed-form pipeline vs central differences of L_down(θ'(softmax(s))).
+fn check_against_finite_differences(x: &Setup, inner: Inner, lr: f64) {
+    let look = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, inner, lr).unwrap();
+    let n = x.s.size()[0];
+    let h = 1e-6;
+    let mut worst = 0f64;
+    let mut scale = 0f64;
+    for k in 0..n {
+        let e = Tensor::zeros([n], OPTS).index_fill(0, &Tensor::from_slice(&[k]), h);
+        let down =
+            |s: &Tensor| x.reference.lookahead(s, &x.up_image, &x.up_text, &x.tasks, inner, lr).unwrap().down_loss;
+        let fd = (down(&(&x.s + &e)) - down(&(&x.s - &e))) / (2.0 * h);
+        let got = look.g_s.double_value(&[k]);
+        worst = worst.max((fd - got).abs());
+        scale = scale.max(fd.abs());
+    }
+    assert!(scale > 1e-5, "{inner:?}: the test is vacuous (gradient scale {scale})");
+    assert!(worst < 1e-6, "{inner:?} lr {lr}: max |closed form − finite differences| = {worst} (scale {scale})");
+    let sum = look.g_s.sum(Kind::Double).double_value(&[]);
+    assert!(sum.abs() < 1e-12, "Σ_k ∂J/∂s_k = {sum}");
+}
+
+#[test]
+fn hypergradient_matches_finite_differences_sgd() {
+    let _turn = torch_turn();
+    let x = setup(1);
+    check_against_finite_differences(&x, Inner::Sgd, 0.5);
+}
+
+#[test]
+fn hypergradient_matches_finite_differences_adamw() {
+    let _turn = torch_turn();
+    let mut x = setup(2);
+    // one real step first, so the moments are not zero
+    let first = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, 0.05).unwrap();
+    x.reference.apply(first, 0.05);
+    x.s = Tensor::randn([8], OPTS);
+    check_against_finite_differences(&x, Inner::AdamW, 0.05);
+}
+
+#[test]
+fn hypergradient_vanishes_with_the_reference_lr_and_ignores_a_score_shift() {
+    let _turn = torch_turn();
+    let x = setup(3);
+    let g = |lr: f64, s: &Tensor| {
+        x.reference
+            .lookahead(s, &x.up_image, &x.up_text, &x.tasks, Inner::Sgd, lr)
+            .unwrap()
+            .g_w
+            .abs()
+            .max()
+            .double_value(&[])
+    };
+    let (big, small) = (g(1e-2, &x.s), g(1e-9, &x.s));
+    assert!(big > 0.0 && small < 1e-6 * big, "G at lr 1e-2: {big}, at 1e-9: {small}");
+    // G is linear in the lr to first order
+    let ratio = g(2e-6, &x.s) / g(1e-6, &x.s);
+    assert!((ratio - 2.0).abs() < 1e-3, "G(2η)/G(η) = {ratio}");
+    // adding a constant to every score changes nothing
+    let a = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, 1e-2).unwrap().g_s;
+    let b = x.reference.lookahead(&(&x.s + 3.0), &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, 1e-2).unwrap().g_s;
+    assert!((a - b).abs().max().double_value(&[]) < 1e-12);
+}
+
+/// A planted pool over synthetic frozen "CLIP" embeddings: per class c an image direction a_c and a text
+/// direction b_c. Downstream: images a_c + noise with labels, prompts b_c + noise (3 templates). Upstream thirds:
+/// duplicates of downstream pairs (image + a prompt of its class), clean but weaker pairs
+/// (0.6·a_c + 0.8·r, 0.6·b_c + 0.8·r'), and caption-shuffled pairs (a_c + noise, b_{c'≠c} + noise).
+struct Planted {
+    pool: flyt::train::UpstreamPool,
+    scores_in: Tensor,
+    kind: Vec<u8>,
+    task: flyt::train::DownstreamTask,
+    din: i64,
+}
+
+fn planted(seed: i64, scale: i64) -> Planted {
+    tch::manual_seed(seed);
+    let opts = (Kind::Float, Device::Cpu);
+    let (din, classes) = (16i64, 4i64);
+    let (n_dup, n_clean, n_sh) = (40 * scale, 100 * scale, 100 * scale);
+    let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+    // a "pretrained" frozen CLIP: a class's text direction is close to its image direction
+    let a = norm(Tensor::randn([classes, din], opts));
+    let b = norm(&a + Tensor::randn([classes, din], opts) * 0.15);
+    let noise = |n: i64| Tensor::randn([n, din], opts) * 0.15;
+    let m = classes * 40 * scale;
+    let labels = Tensor::arange(m, (Kind::Int64, Device::Cpu)).remainder(classes);
+    let down_img = norm(a.index_select(0, &labels) + noise(m));
+    let prompts = norm(b.unsqueeze(1).repeat([1, 3, 1]) + Tensor::randn([classes, 3, din], opts) * 0.1);
+    // duplicates: downstream images with their class's first prompt
+    let dl = labels.narrow(0, 0, n_dup);
+    let dup_img = down_img.narrow(0, 0, n_dup);
+    let dup_txt = prompts.select(1, 0).index_select(0, &dl);
+    let cl = Tensor::randint(classes, [n_clean], (Kind::Int64, Device::Cpu));
+    let clean_img = norm(a.index_select(0, &cl) * 0.6 + norm(Tensor::randn([n_clean, din], opts)) * 0.8);
+    let clean_txt = norm(b.index_select(0, &cl) * 0.6 + norm(Tensor::randn([n_clean, din], opts)) * 0.8);
+    let sl = Tensor::randint(classes, [n_sh], (Kind::Int64, Device::Cpu));
+    let other = (&sl + Tensor::randint_low(1, classes, [n_sh], (Kind::Int64, Device::Cpu))).remainder(classes);
+    let sh_img = norm(a.index_select(0, &sl) + noise(n_sh));
+    let sh_txt = norm(b.index_select(0, &other) + noise(n_sh));
+    let image = Tensor::cat(&[dup_img, clean_img, sh_img], 0);
+    let text = Tensor::cat(&[dup_txt, clean_txt, sh_txt], 0);
+    let features = Tensor::cat(&[&image, &text], 1);
+    let kind: Vec<u8> =
+        [(0u8, n_dup), (1, n_clean), (2, n_sh)].iter().flat_map(|&(k, n)| std::iter::repeat_n(k, n as usize)).collect();
+    // M-FLYT inputs: [good, noise, −good]; good = 2/1/0 by kind plus noise; the noise column is made exactly
+    // uncorrelated with good in this sample, so any weight it gets is the method's, not the sample's
+    let total = n_dup + n_clean + n_sh;
+    let quality = Tensor::from_slice(&kind.iter().map(|&k| 2.0 - k as f32).collect::<Vec<_>>());
+    let good = &quality + Tensor::randn([total], opts) * 0.3;
+    let gc = &good - good.mean(Kind::Float);
+    let r = Tensor::randn([total], opts);
+    let r = &r - r.mean(Kind::Float);
+    let r = &r - &gc * ((&r * &gc).sum(Kind::Float) / (&gc * &gc).sum(Kind::Float));
+    let scores_in = Tensor::stack(&[&good, &r, &(-&good)], 1);
+    let task = flyt::train::DownstreamTask { image: down_img, labels, prompts };
+    Planted { pool: flyt::train::UpstreamPool { image, text, features }, scores_in, kind, task, din }
+}
+
+fn toy_config(steps: usize) -> flyt::train::FlytConfig {
+    flyt::train::FlytConfig {
+        steps,
+        batch: 64,
+        down_batch: 64,
+        ref_lr: 2e-2,
+        score_lr: 1e-2,
+        warmup: 10,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+fn mean_by_kind(s: &Tensor, kind: &[u8]) -> [f64; 3] {
+    let v: Vec<f32> = Vec::try_from(s).unwrap();
+    let mut sum = [0f64; 3];
+    let mut n = [0f64; 3];
+    for (x, &k) in v.iter().zip(kind) {
+        sum[k as usize] += *x as f64;
+        n[k as usize] += 1.0;
+    }
+    [sum[0] / n[0], sum[1] / n[1], sum[2] / n[2]]
+}
+
+#[test]
+fn flyt_scores_duplicates_over_clean_over_shuffled() {
+    let _turn = torch_turn();
+    use flyt::train::{FlytState, GluHead, ParamAdamW, ScoringModel, train_flyt};
+    let x = planted(11, 1);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = GluHead::new(&vs.root(), x.din);
+    let cfg = toy_config(300);
+    let mut state = FlytState {
+        reference: EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Float, Device::Cpu),
+        score_opt: ParamAdamW::new(cfg.adam, &head.named_parameters()),
+        step: 0,
+    };
+    let mut downs = Vec::new();
+    train_flyt(&head, &mut state, &x.pool, std::slice::from_ref(&x.task), &cfg, |l| {
+        downs.push(l.down_loss);
+        Ok(())
+    })
+    .unwrap();
+    let s = tch::no_grad(|| head.forward(&x.pool.features));
+    let [dup, clean, shuffled] = mean_by_kind(&s, &x.kind);
+    assert!(dup > clean && clean > shuffled, "mean scores: duplicates {dup}, clean {clean}, shuffled {shuffled}");
+    let first: f64 = downs[..20].iter().sum::<f64>() / 20.0;
+    let last: f64 = downs[downs.len() - 20..].iter().sum::<f64>() / 20.0;
+    assert!(last < first, "downstream loss did not fall: {first} → {last}");
+}
+
+#[test]
+fn mflyt_weights_good_noise_and_negated_good() {
+    let _turn = torch_turn();
+    use flyt::train::{FlytState, Mixer, ParamAdamW, ScoringModel, UpstreamPool, train_flyt};
+    let x = planted(12, 5);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut mixer = Mixer::new(&vs.root(), 3);
+    mixer.set_stats(&x.scores_in);
+    mixer.zero_init();
+    let cfg = toy_config(300);
+    let pool =
+        UpstreamPool { image: x.pool.image.shallow_clone(), text: x.pool.text.shallow_clone(), features: x.scores_in };
+    let mut state = FlytState {
+        reference: EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Float, Device::Cpu),
+        score_opt: ParamAdamW::new(cfg.adam, &mixer.named_parameters()),
+        step: 0,
+    };
+    train_flyt(&mixer, &mut state, &pool, std::slice::from_ref(&x.task), &cfg, |_| Ok(())).unwrap();
+    let (w, _) = mixer.weights();
+    let w: Vec<f32> = Vec::try_from(&w).unwrap();
+    assert!(w[0] > 0.0 && w[2] < 0.0, "weights {w:?}");
+    // ≈ 0 relative to the others: Adam moves even a pure-noise weight by about lr·√steps (a random walk;
+    // seeds 20–27 gave |w_noise| / w_good ≤ 0.29), while the informative weights grow with the steps
+    assert!(w[1].abs() < 0.4 * w[0].abs().min(w[2].abs()), "noise weight not ≈ 0: {w:?}");
+}
+
+#[test]
+fn a_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one() {
+    let _turn = torch_turn();
+    use flyt::train::{FlytState, GluHead, ParamAdamW, ScoringModel, load_checkpoint, save_checkpoint, train_flyt};
+    let x = planted(13, 1);
+    let cfg = toy_config(40);
+    let fresh = |seed: i64| {
+        tch::manual_seed(seed);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let head = GluHead::new(&vs.root(), x.din);
+        let state = FlytState {
+            reference: EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Float, Device::Cpu),
+            score_opt: ParamAdamW::new(cfg.adam, &head.named_parameters()),
+            step: 0,
+        };
+        (vs, head, state)
+    };
+    let tasks = std::slice::from_ref(&x.task);
+    // uninterrupted
+    let (_vs, head, mut state) = fresh(1);
+    train_flyt(&head, &mut state, &x.pool, tasks, &cfg, |_| Ok(())).unwrap();
+    let want = tch::no_grad(|| head.forward(&x.pool.features));
+    // 25 steps, checkpoint, a new process-like start from other random weights, load, finish
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoint.safetensors");
+    let (_vs1, head1, mut state1) = fresh(1);
+    let stop =
+        |l: &flyt::train::StepLog| if l.step == 24 { Err(flyt::Error::Config("interrupted".into())) } else { Ok(()) };
+    assert!(train_flyt(&head1, &mut state1, &x.pool, tasks, &cfg, stop).is_err());
+    save_checkpoint(&ckpt, &head1, &state1, &serde_json::json!({"pool": "planted"})).unwrap();
+    let (_vs2, head2, mut state2) = fresh(99);
+    let meta = load_checkpoint(&ckpt, &head2, &mut state2).unwrap();
+    assert_eq!(meta["pool"], "planted");
+    assert_eq!(state2.step, 25);
+
+    train_flyt(&head2, &mut state2, &x.pool, tasks, &cfg, |_| Ok(())).unwrap();
+    let got = tch::no_grad(|| head2.forward(&x.pool.features));
+    let diff = (got - want).abs().max().double_value(&[]);
+    assert_eq!(diff, 0.0, "resumed run differs by {diff}");
+    // a checkpoint of another shape is refused, naming the tensor
+    let vs3 = tch::nn::VarStore::new(Device::Cpu);
+    let other = GluHead::new(&vs3.root(), x.din + 1);
+    let (_v, _h, mut st) = fresh(2);
+    let e = load_checkpoint(&ckpt, &other, &mut st).unwrap_err().to_string();
+    assert!(e.contains("model.w1.weight") && e.contains("shape"), "{e}");
+}
