@@ -198,7 +198,7 @@ fn flyt_scores_duplicates_over_clean_over_shuffled() {
     let mut downs = Vec::new();
     train_flyt(&head, &mut state, &x.pool, std::slice::from_ref(&x.task), &cfg, |l| {
         downs.push(l.down_loss);
-        Ok(())
+        Ok(true)
     })
     .unwrap();
     let s = tch::no_grad(|| head.forward(&x.pool.features));
@@ -226,7 +226,7 @@ fn mflyt_weights_good_noise_and_negated_good() {
         score_opt: ParamAdamW::new(cfg.adam, &mixer.named_parameters()),
         step: 0,
     };
-    train_flyt(&mixer, &mut state, &pool, std::slice::from_ref(&x.task), &cfg, |_| Ok(())).unwrap();
+    train_flyt(&mixer, &mut state, &pool, std::slice::from_ref(&x.task), &cfg, |_| Ok(true)).unwrap();
     let (w, _) = mixer.weights();
     let w: Vec<f32> = Vec::try_from(&w).unwrap();
     assert!(w[0] > 0.0 && w[2] < 0.0, "weights {w:?}");
@@ -255,22 +255,21 @@ fn a_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one() {
     let tasks = std::slice::from_ref(&x.task);
     // uninterrupted
     let (_vs, head, mut state) = fresh(1);
-    train_flyt(&head, &mut state, &x.pool, tasks, &cfg, |_| Ok(())).unwrap();
+    train_flyt(&head, &mut state, &x.pool, tasks, &cfg, |_| Ok(true)).unwrap();
     let want = tch::no_grad(|| head.forward(&x.pool.features));
     // 25 steps, checkpoint, a new process-like start from other random weights, load, finish
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("checkpoint.safetensors");
     let (_vs1, head1, mut state1) = fresh(1);
-    let stop =
-        |l: &flyt::train::StepLog| if l.step == 24 { Err(flyt::Error::Config("interrupted".into())) } else { Ok(()) };
-    assert!(train_flyt(&head1, &mut state1, &x.pool, tasks, &cfg, stop).is_err());
+    // interrupted after step 24 (the callback says stop)
+    train_flyt(&head1, &mut state1, &x.pool, tasks, &cfg, |l| Ok(l.step < 24)).unwrap();
     save_checkpoint(&ckpt, &head1, &state1, &serde_json::json!({"pool": "planted"})).unwrap();
     let (_vs2, head2, mut state2) = fresh(99);
     let meta = load_checkpoint(&ckpt, &head2, &mut state2).unwrap();
     assert_eq!(meta["pool"], "planted");
     assert_eq!(state2.step, 25);
 
-    train_flyt(&head2, &mut state2, &x.pool, tasks, &cfg, |_| Ok(())).unwrap();
+    train_flyt(&head2, &mut state2, &x.pool, tasks, &cfg, |_| Ok(true)).unwrap();
     let got = tch::no_grad(|| head2.forward(&x.pool.features));
     let diff = (got - want).abs().max().double_value(&[]);
     assert_eq!(diff, 0.0, "resumed run differs by {diff}");

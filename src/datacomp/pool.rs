@@ -15,6 +15,8 @@ pub struct Pool {
     pub files: Vec<PathBuf>,
     /// Readable rows with a uid not seen before, in file then row order.
     pub rows: Vec<MetadataRow>,
+    /// How many of `rows` came from each file (aligned with `files`).
+    pub file_rows: Vec<usize>,
     /// Rows left out: (file, row, reason) — a bad uid, a uid already seen, a missing embedding row.
     pub rejected: Vec<(PathBuf, usize, String)>,
     /// Embedding dimension (0 without embeddings).
@@ -112,6 +114,7 @@ pub fn read_pool(dir: impl AsRef<Path>, embeddings: &PoolEmbeddings) -> Result<P
                 Some((img, txt, ri, di))
             }
         };
+        let before = pool.rows.len();
         for row in table.rows {
             if !seen.insert(row.uid) {
                 pool.rejected.push((file.clone(), row.row, format!("uid {} already seen", row.uid)));
@@ -127,6 +130,7 @@ pub fn read_pool(dir: impl AsRef<Path>, embeddings: &PoolEmbeddings) -> Result<P
             }
             pool.rows.push(row);
         }
+        pool.file_rows.push(pool.rows.len() - before);
     }
     Ok(pool)
 }

@@ -21,7 +21,7 @@ fn tch_err(path: &Path, e: tch::TchError) -> Error {
 /// last, so a reader never sees a half-written checkpoint.
 pub fn save_checkpoint(
     path: &Path,
-    model: &impl ScoringModel,
+    model: &(impl ScoringModel + ?Sized),
     state: &FlytState,
     meta: &serde_json::Value,
 ) -> Result<()> {
@@ -65,7 +65,11 @@ pub fn save_checkpoint(
 
 /// Loads a checkpoint written by [`save_checkpoint`] into an existing model and state of the same shapes;
 /// returns the saved `meta`. A missing tensor or a shape mismatch is an error naming the tensor.
-pub fn load_checkpoint(path: &Path, model: &impl ScoringModel, state: &mut FlytState) -> Result<serde_json::Value> {
+pub fn load_checkpoint(
+    path: &Path,
+    model: &(impl ScoringModel + ?Sized),
+    state: &mut FlytState,
+) -> Result<serde_json::Value> {
     let side = sidecar(path);
     let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
     let json: serde_json::Value =

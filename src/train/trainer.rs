@@ -138,14 +138,15 @@ pub struct FlytState {
 }
 
 /// Trains `model` with FLYT's lookahead loop from `state.step` to `config.steps`, calling `on_step` after each
-/// step. Batches depend only on (seed, step), so a resumed run draws what an uninterrupted one would.
+/// step; `on_step` returns whether to go on (false pauses: call again to continue, e.g. after a checkpoint).
+/// Batches depend only on (seed, step), so a resumed run draws what an uninterrupted one would.
 pub fn train_flyt(
-    model: &impl ScoringModel,
+    model: &(impl ScoringModel + ?Sized),
     state: &mut FlytState,
     pool: &UpstreamPool,
     tasks: &[DownstreamTask],
     config: &FlytConfig,
-    mut on_step: impl FnMut(&StepLog) -> Result<()>,
+    mut on_step: impl FnMut(&StepLog) -> Result<bool>,
 ) -> Result<()> {
     let p = pool.image.size()[0];
     if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.image.size()[0] == 0) {
@@ -192,13 +193,17 @@ pub fn train_flyt(
         if !(log.up_loss.is_finite() && log.down_loss.is_finite() && score_grad_norm.is_finite()) {
             tracing::warn!(step, "non-finite loss or gradient: step skipped");
             state.step += 1;
-            on_step(&log)?;
+            if !on_step(&log)? {
+                break;
+            }
             continue;
         }
         score_opt.step(&mut params, &grads, score_lr);
         reference.apply(look, ref_lr);
         state.step += 1;
-        on_step(&log)?;
+        if !on_step(&log)? {
+            break;
+        }
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
 mod sample;
 mod synth;
+mod train;
 
 /// flyt — Filter Like You Test: curate image-text pretraining data (WebDataset / DataComp).
 #[derive(Parser, Debug)]
@@ -43,6 +44,12 @@ pub enum Command {
     Reshard(reshard::Args),
     /// Sample the training subset from scores: SCS (exact or in rounds), HCS or top-k; writes a DataComp subset.
     Sample(sample::Args),
+    /// Train a FLYT scoring head (`flyt`) or an M-FLYT score mixer (`mflyt`) with the one-step-lookahead
+    /// hypergradient from downstream tasks (embedding reference mode: over precomputed CLIP embeddings).
+    #[command(subcommand)]
+    Train(train::Which),
+    /// Score a pool with a trained FLYT / M-FLYT checkpoint: `<stem>_scores.parquet` (uid, score) per file.
+    Score(train::ScoreArgs),
     /// Write a synthetic pool of shards in img2dataset's layout (for trying flyt out and for benchmarks).
     Synth(synth::Args),
     /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
@@ -88,6 +95,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Reshard(a) => reshard::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Train(w) => train::run(w),
+        Command::Score(a) => train::run_score(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Doctor(a) => doctor::run(a),
     }

@@ -1,0 +1,416 @@
+//! `flyt train flyt|mflyt` (embedding reference mode) and `flyt score`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use flyt::train::{
+    AdamW, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Inner, Mixer, ParamAdamW, ScoringModel,
+    StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
+};
+use flyt::{PoolEmbeddings, Uid};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::shards::{progress, show};
+
+/// Which scoring model.
+#[derive(clap::Subcommand, Debug)]
+pub enum Which {
+    /// FLYT: a SwiGLU head over the frozen CLIP embeddings [u; t] of each example.
+    Flyt(TrainArgs),
+    /// M-FLYT: a linear mix of per-method scores (`--scores FILE --columns a,b,...`).
+    Mflyt(TrainArgs),
+}
+
+/// Arguments of `flyt train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Upstream pool: DataComp-layout directory (`<stem>.parquet` + `<stem>.npz` with `<prefix>_img`/`_txt`).
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// Embedding prefix in the pool's `.npz` (default: l14, else b32, else the only pair).
+    #[arg(long)]
+    pub embeddings: Option<String>,
+    /// Downstream task `.npz` (repeatable): `image` (M × d frozen image embeddings), `labels` (M integers),
+    /// `prompts` (C × T × d frozen text embeddings of class names × templates).
+    #[arg(long, required = true)]
+    pub downstream: Vec<PathBuf>,
+    /// M-FLYT: parquet file(s) with `uid` and score columns (as `flyt scores` writes), joined on uid.
+    #[arg(long)]
+    pub scores: Vec<PathBuf>,
+    /// M-FLYT: the score columns to mix (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Output directory: checkpoint.safetensors + checkpoint.json, losses.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Iterations.
+    #[arg(long, default_value_t = 5000)]
+    pub steps: usize,
+    /// Upstream batch size.
+    #[arg(long, default_value_t = 4096)]
+    pub batch: usize,
+    /// Downstream batch size per task.
+    #[arg(long, default_value_t = 3072)]
+    pub down_batch: usize,
+    /// Reference learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    pub ref_lr: f64,
+    /// Scoring learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub score_lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Reference projection width (default: the embedding width).
+    #[arg(long)]
+    pub ref_dim: Option<i64>,
+    /// FLYT: start the head at s ≈ cos(u, t) (notes §2.1's cos-sim init).
+    #[arg(long)]
+    pub cos_sim_init: bool,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    /// Stop (with a checkpoint) after this many steps in this invocation; `--resume` continues. For
+    /// time-limited job slots.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Arguments of `flyt score`.
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// A checkpoint written by `flyt train` (`checkpoint.safetensors`, with its `.json`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The pool to score (DataComp layout; M-FLYT also needs `--scores`).
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// M-FLYT: parquet file(s) with the model's score columns.
+    #[arg(long)]
+    pub scores: Vec<PathBuf>,
+    /// Output directory: `<stem>_scores.parquet` (uid, score) per pool file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+fn device(name: &str) -> anyhow::Result<Device> {
+    flyt::init_torch_runtime();
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => bail!("--device {s:?}: use cpu, cuda, cuda:N or auto"),
+        },
+    })
+}
+
+fn matrix(data: &[f32], dim: usize, dev: Device) -> Tensor {
+    Tensor::from_slice(data).view([(data.len() / dim.max(1)) as i64, dim as i64]).to_device(dev)
+}
+
+fn normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
+}
+
+/// Score columns for the pool's uids from parquet files; every uid needs every column.
+fn score_matrix(files: &[PathBuf], columns: &[String], uids: &[Uid]) -> anyhow::Result<Vec<f32>> {
+    if columns.is_empty() {
+        bail!("M-FLYT needs --columns: the score columns to mix");
+    }
+    let mut found: HashMap<&str, HashMap<Uid, f64>> = HashMap::new();
+    for col in columns {
+        for f in files {
+            match flyt::read_scores_parquet(f, col) {
+                Ok(pairs) => {
+                    found.entry(col.as_str()).or_default().extend(pairs);
+                }
+                Err(flyt::Error::Format { what, .. }) if what == *col => {} // not in this file
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !found.contains_key(col.as_str()) {
+            bail!("score column {col:?} is in none of the --scores files");
+        }
+    }
+    let mut out = Vec::with_capacity(uids.len() * columns.len());
+    for u in uids {
+        for col in columns {
+            match found[col.as_str()].get(u) {
+                Some(&v) => out.push(v as f32),
+                None => {
+                    let missing = uids.iter().filter(|u| !found[col.as_str()].contains_key(u)).count();
+                    bail!("{missing} pool uids have no {col:?} score (first: {u}); a missing score is not zero-filled");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_task(path: &Path, dim: usize, dev: Device) -> anyhow::Result<DownstreamTask> {
+    let arrays = flyt::read_npz(path)?;
+    let get = |k: &str| {
+        arrays.get(k).with_context(|| format!("{}: no array {k:?} (need image, labels, prompts)", path.display()))
+    };
+    let img = get("image")?;
+    let [m, d] = img.shape[..] else { bail!("{}: image must be M × d", path.display()) };
+    let prompts = get("prompts")?;
+    let [c, t, d2] = prompts.shape[..] else { bail!("{}: prompts must be C × T × d", path.display()) };
+    if d != dim || d2 != dim {
+        bail!("{}: {d}-d images / {d2}-d prompts, the pool's embeddings are {dim}-d", path.display());
+    }
+    let labels: Vec<i64> = match &get("labels")?.data {
+        flyt::NpyData::I64(v) => v.clone(),
+        flyt::NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+        flyt::NpyData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        _ => bail!("{}: labels must be integers", path.display()),
+    };
+    if labels.len() != m {
+        bail!("{}: {m} images but {} labels", path.display(), labels.len());
+    }
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l < 0 || **l >= c as i64) {
+        bail!("{}: label {l} of row {i} is not a class in 0..{c}", path.display());
+    }
+    let f = |a: &flyt::NpyArray, k: &str| {
+        a.to_f32().with_context(|| format!("{}: {k} is not a float array", path.display()))
+    };
+    Ok(DownstreamTask {
+        image: normalize(&matrix(&f(img, "image")?, d, dev)),
+        labels: Tensor::from_slice(&labels).to_device(dev),
+        prompts: normalize(&Tensor::from_slice(&f(prompts, "prompts")?).view([c as i64, t as i64, d as i64]))
+            .to_device(dev),
+    })
+}
+
+enum Model {
+    Glu(GluHead),
+    Mix(Mixer, Vec<String>),
+}
+
+/// Runs `flyt train`.
+pub fn run(which: Which) -> anyhow::Result<()> {
+    let (a, mflyt) = match which {
+        Which::Flyt(a) => (a, false),
+        Which::Mflyt(a) => (a, true),
+    };
+    let dev = device(&a.device)?;
+    let emb = match &a.embeddings {
+        Some(p) => PoolEmbeddings::Prefix(p.clone()),
+        None => PoolEmbeddings::Auto,
+    };
+    let pool = flyt::read_pool(&a.pool, &emb)?;
+    if pool.rows.is_empty() {
+        bail!("{}: the pool has no rows", a.pool.display());
+    }
+    let dim = pool.dim;
+    let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
+    let image = normalize(&matrix(&pool.image, dim, dev));
+    let text = normalize(&matrix(&pool.text, dim, dev));
+    let tasks: Vec<DownstreamTask> =
+        a.downstream.iter().map(|p| read_task(p, dim, dev)).collect::<anyhow::Result<_>>()?;
+    let vs = tch::nn::VarStore::new(dev);
+    let (model, features) = if mflyt {
+        let k = a.columns.len() as i64;
+        let x = matrix(&score_matrix(&a.scores, &a.columns, &uids)?, a.columns.len(), dev);
+        let mut m = Mixer::new(&vs.root(), k.max(1));
+        m.set_stats(&x);
+        m.zero_init();
+        (Model::Mix(m, a.columns.clone()), x)
+    } else {
+        tch::manual_seed(a.seed as i64);
+        let mut h = GluHead::new(&vs.root(), dim as i64);
+        if a.cos_sim_init {
+            h.cos_sim_init(0.01);
+        }
+        (Model::Glu(h), Tensor::cat(&[&image, &text], 1))
+    };
+    let scorer: &dyn ScoringModel = match &model {
+        Model::Glu(h) => h,
+        Model::Mix(m, _) => m,
+    };
+    let config = FlytConfig {
+        steps: a.steps,
+        batch: a.batch,
+        down_batch: a.down_batch,
+        ref_lr: a.ref_lr,
+        score_lr: a.score_lr,
+        warmup: a.warmup,
+        adam: AdamW::default(),
+        inner: Inner::AdamW,
+        seed: a.seed,
+    };
+    tch::manual_seed(a.seed as i64 ^ 0x5eed);
+    let ref_dim = a.ref_dim.unwrap_or(dim as i64);
+    let mut state = FlytState {
+        reference: EmbeddingReference::new(dim as i64, ref_dim, 0.0, config.adam, Kind::Float, dev),
+        score_opt: ParamAdamW::new(config.adam, &scorer.named_parameters()),
+        step: 0,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let ckpt = a.out.join("checkpoint.safetensors");
+    let meta = json!({
+        "kind": if mflyt { "mflyt" } else { "flyt" },
+        "mode": "embedding",
+        "dim": dim,
+        "ref_dim": ref_dim,
+        "columns": a.columns,
+        "pool": a.pool.display().to_string(),
+        "pool_files": pool.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "pool_rows": uids.len(),
+        "embeddings": pool.prefix,
+        "downstream": a.downstream.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "scores": a.scores.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "config": format!("{config:?}"),
+        "flyt_version": env!("CARGO_PKG_VERSION"),
+    });
+    let csv_path = a.out.join("losses.csv");
+    if a.resume {
+        let saved = load_checkpoint(&ckpt, scorer, &mut state)?;
+        if saved.get("kind") != meta.get("kind") || saved.get("dim") != meta.get("dim") {
+            bail!("{}: a {} checkpoint cannot resume this {} run", ckpt.display(), saved["kind"], meta["kind"]);
+        }
+        eprintln!("flyt: resuming at step {} of {}", state.step, config.steps);
+    } else if ckpt.exists() {
+        bail!("{} exists: pass --resume to continue it, or choose another --out", ckpt.display());
+    } else {
+        std::fs::write(&csv_path, "step,up_loss,down_loss,ref_grad_norm,score_grad_norm,ref_lr,score_lr\n")?;
+    }
+    let mut csv = std::fs::OpenOptions::new().append(true).create(true).open(&csv_path)?;
+    let pool_t = UpstreamPool { image, text, features };
+    let pb = progress(config.steps as u64, if mflyt { "mflyt" } else { "flyt" });
+    pb.set_position(state.step as u64);
+    let start = Instant::now();
+    let first = state.step;
+    let every = a.checkpoint_every.max(1);
+    let mut last: Option<StepLog> = None;
+    let stop = a.stop_after.map_or(config.steps, |n| (first + n).min(config.steps));
+    while state.step < stop {
+        let mut rows = Vec::new();
+        train_flyt(scorer, &mut state, &pool_t, &tasks, &config, |l| {
+            rows.push(l.clone());
+            pb.set_message(format!("up {:.4} down {:.4}", l.up_loss, l.down_loss));
+            pb.inc(1);
+            Ok((l.step + 1) % every != 0 && l.step + 1 < stop)
+        })?;
+        for r in &rows {
+            writeln!(
+                csv,
+                "{},{},{},{},{},{},{}",
+                r.step, r.up_loss, r.down_loss, r.ref_grad_norm, r.score_grad_norm, r.ref_lr, r.score_lr
+            )?;
+        }
+        csv.flush()?;
+        save_checkpoint(&ckpt, scorer, &state, &meta)?;
+        last = rows.last().cloned().or(last);
+    }
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let done = state.step - first;
+    match last {
+        Some(l) => println!(
+            "trained {} steps {first}..{} in {secs:.1} s ({:.2} s/step): upstream loss {:.4}, downstream loss {:.4}; \
+             wrote {} and {}",
+            done,
+            state.step,
+            secs / done.max(1) as f64,
+            l.up_loss,
+            l.down_loss,
+            show(&ckpt),
+            show(&csv_path)
+        ),
+        None => println!("nothing to do: {} is at step {} of {}", show(&ckpt), state.step, config.steps),
+    }
+    Ok(())
+}
+
+/// Runs `flyt score`: per pool file, `<stem>_scores.parquet` with `uid` and `score`.
+pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
+    let dev = device(&a.device)?;
+    let side = a.model.with_extension("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&side).with_context(|| format!("reading {}", side.display()))?)
+            .with_context(|| format!("{}: not JSON", side.display()))?;
+    let meta = &json["meta"];
+    let kind = meta["kind"].as_str().unwrap_or_default().to_string();
+    let dim = meta["dim"].as_u64().with_context(|| format!("{}: no meta.dim", side.display()))? as usize;
+    let ref_dim = meta["ref_dim"].as_i64().unwrap_or(dim as i64);
+    let columns: Vec<String> = meta["columns"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let vs = tch::nn::VarStore::new(dev);
+    let model = match kind.as_str() {
+        "flyt" => Model::Glu(GluHead::new(&vs.root(), dim as i64)),
+        "mflyt" => Model::Mix(Mixer::new(&vs.root(), columns.len() as i64), columns.clone()),
+        k => bail!("{}: unknown model kind {k:?}", side.display()),
+    };
+    let scorer: &dyn ScoringModel = match &model {
+        Model::Glu(h) => h,
+        Model::Mix(m, _) => m,
+    };
+    let mut state = FlytState {
+        reference: EmbeddingReference::new(dim as i64, ref_dim, 0.0, AdamW::default(), Kind::Float, dev),
+        score_opt: ParamAdamW::new(AdamW::default(), &scorer.named_parameters()),
+        step: 0,
+    };
+    load_checkpoint(&a.model, scorer, &mut state)?;
+    let emb = match (&model, meta["embeddings"].as_str()) {
+        (Model::Mix(..), _) => PoolEmbeddings::None,
+        (_, Some(p)) => PoolEmbeddings::Prefix(p.to_string()),
+        _ => PoolEmbeddings::Auto,
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let pool = flyt::read_pool(&a.pool, &emb)?;
+    let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
+    let scores: Vec<f32> = tch::no_grad(|| -> anyhow::Result<Vec<f32>> {
+        let s = match &model {
+            Model::Glu(h) => {
+                if pool.dim != dim {
+                    bail!("the pool's embeddings are {}-d, the model's {dim}-d", pool.dim);
+                }
+                let x = Tensor::cat(
+                    &[normalize(&matrix(&pool.image, dim, dev)), normalize(&matrix(&pool.text, dim, dev))],
+                    1,
+                );
+                h.forward(&x)
+            }
+            Model::Mix(m, cols) => m.forward(&matrix(&score_matrix(&a.scores, cols, &uids)?, cols.len(), dev)),
+        };
+        Ok(Vec::<f32>::try_from(s.to_device(Device::Cpu).to_kind(Kind::Float))?)
+    })?;
+    // one output per pool file, rows in the pool's order
+    let mut at = 0;
+    for (file, &n) in pool.files.iter().zip(&pool.file_rows) {
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let ids: Vec<(Uid, String)> = uids[at..at + n].iter().map(|u| (*u, String::new())).collect();
+        let out = a.out.join(format!("{stem}_scores.parquet"));
+        flyt::write_score_table(&out, &ids, &[], &[("score", &scores[at..at + n])])?;
+        at += n;
+    }
+    println!(
+        "scored {} uids with the {kind} model at step {}; wrote {} files to {}",
+        uids.len(),
+        state.step,
+        pool.files.len(),
+        show(&a.out)
+    );
+    Ok(())
+}
