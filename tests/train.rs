@@ -280,3 +280,58 @@ fn a_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one() {
     let e = load_checkpoint(&ckpt, &other, &mut st).unwrap_err().to_string();
     assert!(e.contains("model.w1.weight") && e.contains("shape"), "{e}");
 }
+
+fn tiny_clip() -> flyt::clip::ClipConfig {
+    serde_json::from_value(serde_json::json!({
+        "text_config": {"vocab_size": 100, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "max_position_embeddings": 8, "eos_token_id": 2},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "image_size": 8, "patch_size": 4},
+        "projection_dim": 8
+    }))
+    .unwrap()
+}
+
+fn token_ids(rows: i64) -> Tensor {
+    // random tokens, the highest id (the end token under eos_token_id = 2's argmax rule) last
+    let body = Tensor::randint_low(3, 90, [rows, 5], (Kind::Int64, Device::Cpu));
+    Tensor::cat(&[body, Tensor::full([rows, 1], 99, (Kind::Int64, Device::Cpu))], 1)
+}
+
+#[test]
+fn hypergradient_matches_finite_differences_full_mode() {
+    use flyt::train::{FullReference, PixelTaskBatch};
+    let _turn = torch_turn();
+    tch::manual_seed(21);
+    let mut reference =
+        FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
+    let n = 6;
+    let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
+    let ids = token_ids(n);
+    let tasks = vec![PixelTaskBatch {
+        pixels: Tensor::randn([5, 3, 8, 8], OPTS),
+        labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
+        prompts: token_ids(3),
+    }];
+    let s = Tensor::randn([n], OPTS);
+    for (inner, lr) in [(Inner::Sgd, 0.5), (Inner::AdamW, 0.01)] {
+        if inner == Inner::AdamW {
+            // one real step first, so the moments are not zero
+            let first = reference.lookahead(&s, &pixels, &ids, &tasks, inner, lr).unwrap();
+            reference.apply(first, lr);
+        }
+        let look = reference.lookahead(&s, &pixels, &ids, &tasks, inner, lr).unwrap();
+        let h = 1e-6;
+        let (mut worst, mut scale) = (0f64, 0f64);
+        for k in 0..n {
+            let e = Tensor::zeros([n], OPTS).index_fill(0, &Tensor::from_slice(&[k]), h);
+            let mut down = |s: &Tensor| reference.lookahead(s, &pixels, &ids, &tasks, inner, lr).unwrap().down_loss;
+            let fd = (down(&(&s + &e)) - down(&(&s - &e))) / (2.0 * h);
+            worst = worst.max((fd - look.g_s.double_value(&[k])).abs());
+            scale = scale.max(fd.abs());
+        }
+        assert!(scale > 1e-6, "{inner:?}: vacuous (scale {scale})");
+        assert!(worst < 1e-6, "{inner:?}: max |closed form − finite differences| = {worst} (scale {scale})");
+        assert!(look.g_s.sum(Kind::Double).double_value(&[]).abs() < 1e-12);
+    }
+}

@@ -56,9 +56,9 @@ pub struct Lookahead {
     /// The downstream loss at θ'.
     pub down_loss: f64,
     /// θ' (new parameter values), the new moments and step count.
-    next: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, i64),
+    pub(crate) next: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, i64),
     /// ∂L_down/∂ρ at θ'.
-    d_rho: Tensor,
+    pub(crate) d_rho: Tensor,
     /// Norm of the reference gradient g.
     pub grad_norm: f64,
 }
@@ -73,6 +73,43 @@ fn normalize_jvp(a: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
     let u = a / &n;
     let du = (da - &u * (&u * da).sum_dim_intlist([1i64].as_slice(), true, a.kind())) / n;
     (u, du)
+}
+
+/// The inner step for every parameter: (θ', ∂θ'/∂g, m, v, t) — shared by both reference modes.
+pub(crate) type InnerStep = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, i64);
+
+/// θ' = inner(θ, g) per parameter with its elementwise Jacobian, from the optimiser's moments (not changed).
+pub(crate) fn inner_step(params: &[Tensor], grads: &[Tensor], opt: &ParamAdamW, inner: Inner, lr: f64) -> InnerStep {
+    let _ng = tch::no_grad_guard();
+    let t = opt.t + 1;
+    let (mut next, mut jac, mut ms, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+        let (m0, v0) = opt.moments(i);
+        match inner {
+            Inner::Sgd => {
+                next.push(p.detach() - g * lr);
+                jac.push(g.ones_like() * (-lr));
+                ms.push(m0.shallow_clone());
+                vs.push(v0.shallow_clone());
+            }
+            Inner::AdamW => {
+                let cfg = opt.config_for(i, lr);
+                let (th, m, v) = super::adamw::adamw_step(&p.detach(), g, m0, v0, t, &cfg);
+                next.push(th);
+                jac.push(adamw_jacobian(g, m0, v0, t, &cfg));
+                ms.push(m);
+                vs.push(v);
+            }
+        }
+    }
+    (next, jac, ms, vs, t)
+}
+
+/// G = ∂L_down/∂w (closed form, [`weight_gradient`]) and ∂L_down/∂s = w ⊙ (G − ⟨w, G⟩) for w = softmax(s).
+pub(crate) fn weight_and_score_gradients(logits: &Tensor, dlogits: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
+    let g_w = weight_gradient(logits, dlogits, w);
+    let g_s = w * (&g_w - (w * &g_w).sum(g_w.kind()));
+    (g_w, g_s)
 }
 
 /// The logit scale's clamp after each step: [2, ln 100] (notes §2.2).
@@ -153,33 +190,9 @@ impl EmbeddingReference {
         let grads = Tensor::run_backward(&[&up], &self.params, false, false);
         let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
         // (ii) θ' and the Jacobian of the step
-        let _ng = tch::no_grad_guard();
-        let t = self.opt.t + 1;
-        let mut next_params = Vec::new();
-        let mut jac = Vec::new();
-        let (mut ms, mut vs) = (Vec::new(), Vec::new());
-        for (i, (p, g)) in self.params.iter().zip(&grads).enumerate() {
-            match inner {
-                Inner::Sgd => {
-                    next_params.push(p.detach() - g * lr);
-                    jac.push(g.ones_like() * (-lr));
-                    ms.push(self.opt.moments(i).0.shallow_clone());
-                    vs.push(self.opt.moments(i).1.shallow_clone());
-                }
-                Inner::AdamW => {
-                    let cfg = self.opt.config_for(i, lr);
-                    let (m0, v0) = self.opt.moments(i);
-                    let (th, m, v) = super::adamw::adamw_step(&p.detach(), g, m0, v0, t, &cfg);
-                    next_params.push(th);
-                    jac.push(adamw_jacobian(g, m0, v0, t, &cfg));
-                    ms.push(m);
-                    vs.push(v);
-                }
-            }
-        }
+        let (mut next_params, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
         let (lo, hi) = LOGIT_SCALE_RANGE;
         next_params[2] = next_params[2].clamp(lo, hi);
-        drop(_ng);
         // (iii) ∇ L_down at θ'
         let leaves: Vec<Tensor> = next_params.iter().map(|p| p.detach().set_requires_grad(true)).collect();
         let rho = self.rho.detach().set_requires_grad(true);
@@ -200,8 +213,7 @@ impl EmbeddingReference {
         let l0 = u0.matmul(&v0.transpose(0, 1)) * &tau;
         let dl = (du.matmul(&v0.transpose(0, 1)) + u0.matmul(&dv.transpose(0, 1))) * &tau;
         // (vi) G and ∂L_down/∂s
-        let g_w = weight_gradient(&l0, &dl, &w);
-        let g_s = &w * (&g_w - (&w * &g_w).sum(g_w.kind()));
+        let (g_w, g_s) = weight_and_score_gradients(&l0, &dl, &w);
         Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next_params, ms, vs, t), d_rho, grad_norm })
     }
 

@@ -9,6 +9,7 @@
 mod adamw;
 mod checkpoint;
 mod embedding;
+mod full;
 mod loss;
 mod mixed;
 mod models;
@@ -18,6 +19,7 @@ mod trainer;
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use embedding::{DownstreamBatch, EmbeddingReference, Inner, LOGIT_SCALE_RANGE, Lookahead};
+pub use full::{FullReference, PixelTaskBatch};
 pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
 pub use models::{GluHead, Mixer};

@@ -1,0 +1,250 @@
+//! The `full` reference mode: the CLIP model itself (image and text towers) is the reference, trained on
+//! images and captions as in the paper; the embedding JVP is taken by double backward through the towers.
+
+use tch::{Device, Kind, Tensor, nn};
+
+use super::adamw::AdamW;
+use super::embedding::{Inner, LOGIT_SCALE_RANGE, Lookahead, inner_step, weight_and_score_gradients};
+use super::loss::weighted_clip_loss;
+use super::optim::ParamAdamW;
+use crate::clip::{Clip, ClipConfig, l2_normalize};
+use crate::{Error, Result};
+
+/// A downstream task's batch in full mode: preprocessed images with labels, and one tokenised prompt per class.
+#[derive(Debug)]
+pub struct PixelTaskBatch {
+    /// `M × 3 × H × W` preprocessed pixels.
+    pub pixels: Tensor,
+    /// `M` int64 labels.
+    pub labels: Tensor,
+    /// `C × L` prompt token ids (one template per class).
+    pub prompts: Tensor,
+}
+
+/// The reference CLIP (trainable, with AdamW and ρ) and a shadow copy used to evaluate the downstream loss at
+/// θ' while the upstream graph at θ is still alive (the JVP needs it).
+pub struct FullReference {
+    vs: nn::VarStore,
+    model: Clip,
+    shadow_vs: nn::VarStore,
+    shadow: Clip,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    shadow_params: Vec<Tensor>,
+    logit_scale: usize,
+    /// The downstream logit scale ρ (initialised to ln(1/0.07)).
+    pub rho: Tensor,
+    /// AdamW over the reference's parameters (sorted by name).
+    pub opt: ParamAdamW,
+    /// Adam (no decay) over ρ.
+    pub rho_opt: ParamAdamW,
+}
+
+impl std::fmt::Debug for FullReference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FullReference").field("parameters", &self.names.len()).finish()
+    }
+}
+
+fn sorted_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl FullReference {
+    /// A reference from a CLIP configuration and weights (`None`: random), in `kind` on `device`.
+    pub fn new(
+        config: &ClipConfig,
+        weights: Option<&std::path::Path>,
+        adam: AdamW,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let model = Clip::new(&vs.root(), config)?;
+        if let Some(w) = weights {
+            vs.load(w).map_err(|e| Error::format(w, "weights", e.to_string()))?;
+        }
+        vs.set_kind(kind);
+        let mut shadow_vs = nn::VarStore::new(device);
+        let shadow = Clip::new(&shadow_vs.root(), config)?;
+        shadow_vs.set_kind(kind);
+        shadow_vs.copy(&vs).map_err(|e| Error::Config(format!("shadow model: {e}")))?;
+        let vars = sorted_vars(&vs);
+        let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+        let logit_scale = names
+            .iter()
+            .position(|n| n == "logit_scale")
+            .ok_or_else(|| Error::Config("the CLIP model has no logit_scale".into()))?;
+        let params: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        let shadow_params: Vec<Tensor> = sorted_vars(&shadow_vs).into_iter().map(|(_, t)| t).collect();
+        let named: Vec<(String, Tensor)> =
+            names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
+        let rho = Tensor::from_slice(&[(1.0f64 / 0.07).ln()]).to_kind(kind).to_device(device).squeeze();
+        let rho_opt =
+            ParamAdamW::new(AdamW { weight_decay: 0.0, ..adam }, &[("logit_scale_down".into(), rho.shallow_clone())]);
+        Ok(Self {
+            vs,
+            model,
+            shadow_vs,
+            shadow,
+            opt: ParamAdamW::new(adam, &named),
+            names,
+            params,
+            shadow_params,
+            logit_scale,
+            rho: rho.set_requires_grad(true),
+            rho_opt,
+        })
+    }
+
+    /// The reference model (at θ).
+    pub fn model(&self) -> &Clip {
+        &self.model
+    }
+
+    /// The var store holding θ (e.g. to save the reference).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Parameter names, sorted (the order of the optimiser state).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn downstream_loss(model: &Clip, rho: &Tensor, tasks: &[PixelTaskBatch]) -> Tensor {
+        let mut total: Option<Tensor> = None;
+        for t in tasks {
+            let img = l2_normalize(&model.image_features(&t.pixels));
+            let cls = l2_normalize(&model.text_features(&t.prompts));
+            let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
+            let ce = -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind());
+            total = Some(match total {
+                None => ce,
+                Some(x) => x + ce,
+            });
+        }
+        total.expect("at least one task") / tasks.len() as f64
+    }
+
+    /// The exact one-step lookahead (notes §2.5) with the CLIP towers as the reference: upstream images
+    /// (`N × 3 × H × W`) and caption token ids (`N × L`), scores `s`. The JVP of the normalised embeddings
+    /// along v is taken by double backward through the upstream graph at θ. Nothing changes until
+    /// [`FullReference::apply`].
+    pub fn lookahead(
+        &mut self,
+        s: &Tensor,
+        pixels: &Tensor,
+        ids: &Tensor,
+        tasks: &[PixelTaskBatch],
+        inner: Inner,
+        lr: f64,
+    ) -> Result<Lookahead> {
+        if tasks.is_empty() {
+            return Err(Error::Config("FLYT needs at least one downstream task".into()));
+        }
+        let s = s.detach();
+        let w = s.softmax(0, s.kind());
+        let log_w = s.log_softmax(0, s.kind());
+        // (i) g at θ, keeping the upstream graph for the JVP
+        let u = l2_normalize(&self.model.image_features(pixels));
+        let v = l2_normalize(&self.model.text_features(ids));
+        let tau = self.params[self.logit_scale].exp();
+        let logits = u.matmul(&v.transpose(0, 1)) * &tau;
+        let up = weighted_clip_loss(&logits, &log_w);
+        let up_loss = up.double_value(&[]);
+        let grads = Tensor::run_backward(&[&up], &self.params, true, false);
+        let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        // (ii) θ' and the step's Jacobian
+        let (mut next, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
+        let (lo, hi) = LOGIT_SCALE_RANGE;
+        next[self.logit_scale] = next[self.logit_scale].clamp(lo, hi);
+        // (iii) ∇ L_down at θ' on the shadow model
+        tch::no_grad(|| {
+            for (sp, n) in self.shadow_params.iter_mut().zip(&next) {
+                sp.copy_(n);
+            }
+        });
+        let rho = self.rho.detach().set_requires_grad(true);
+        let down = Self::downstream_loss(&self.shadow, &rho, tasks);
+        let down_loss = down.double_value(&[]);
+        let mut inputs: Vec<&Tensor> =
+            self.shadow_params.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, p)| p).collect();
+        inputs.push(&rho);
+        let mut dg = Tensor::run_backward(&[&down], &inputs, false, false);
+        let d_rho = dg.pop().expect("rho gradient");
+        // (iv) v = (∂θ'/∂g) ⊙ ∇_{θ'} L_down; the reference logit scale's entry is dropped (notes §2.5)
+        let mut dir: Vec<Tensor> = Vec::with_capacity(self.params.len());
+        let mut it = dg.into_iter();
+        for (i, j) in jac.iter().enumerate() {
+            if i == self.logit_scale {
+                dir.push(j.zeros_like());
+            } else {
+                dir.push(j * it.next().expect("one gradient per parameter"));
+            }
+        }
+        // (v) JVP of (U, V) along v by double backward: J v = ∂/∂r ⟨Jᵀ r, v⟩
+        let r_u = u.zeros_like().detach().set_requires_grad(true);
+        let r_v = v.zeros_like().detach().set_requires_grad(true);
+        let dot = (&u * &r_u).sum(u.kind()) + (&v * &r_v).sum(v.kind());
+        let inputs: Vec<&Tensor> =
+            self.params.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, p)| p).collect();
+        let vjp = Tensor::run_backward(&[&dot], &inputs, false, true);
+        let dirs: Vec<&Tensor> =
+            dir.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, d)| d).collect();
+        let mut inner_prod: Option<Tensor> = None;
+        for (g, d) in vjp.iter().zip(dirs) {
+            let term = (g * d).sum(g.kind());
+            inner_prod = Some(match inner_prod {
+                None => term,
+                Some(x) => x + term,
+            });
+        }
+        let jv = Tensor::run_backward(&[inner_prod.expect("parameters")], &[&r_u, &r_v], false, false);
+        let _ng = tch::no_grad_guard();
+        let (du, dv) = (&jv[0], &jv[1]);
+        let (u, v, tau) = (u.detach(), v.detach(), tau.detach());
+        let l0 = u.matmul(&v.transpose(0, 1)) * &tau;
+        let dl = (du.matmul(&v.transpose(0, 1)) + u.matmul(&dv.transpose(0, 1))) * &tau;
+        // (vi) G and ∂L_down/∂s
+        let (g_w, g_s) = weight_and_score_gradients(&l0, &dl, &w);
+        Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next, ms, vs, t), d_rho, grad_norm })
+    }
+
+    /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
+    pub fn apply(&mut self, look: Lookahead, lr: f64) {
+        let (next, m, v, t) = look.next;
+        let _g = tch::no_grad_guard();
+        for (p, n) in self.params.iter_mut().zip(&next) {
+            p.copy_(n);
+        }
+        self.opt.set_state(m, v, t);
+        let mut rho = [self.rho.shallow_clone()];
+        self.rho_opt.step(&mut rho, &[look.d_rho], lr);
+    }
+
+    /// One plain CLIP training step (standard loss, AdamW at `lr`): the baseline FLYT's cost is compared to.
+    pub fn plain_step(&mut self, pixels: &Tensor, ids: &Tensor, lr: f64) -> f64 {
+        let u = l2_normalize(&self.model.image_features(pixels));
+        let v = l2_normalize(&self.model.text_features(ids));
+        let logits = u.matmul(&v.transpose(0, 1)) * self.params[self.logit_scale].exp();
+        let loss = super::loss::clip_loss(&logits);
+        let value = loss.double_value(&[]);
+        let grads = Tensor::run_backward(&[&loss], &self.params, false, false);
+        let mut params: Vec<Tensor> = self.params.iter().map(|p| p.shallow_clone()).collect();
+        self.opt.step(&mut params, &grads, lr);
+        let (lo, hi) = LOGIT_SCALE_RANGE;
+        tch::no_grad(|| {
+            let _ = self.params[self.logit_scale].clamp_(lo, hi);
+        });
+        value
+    }
+
+    /// The shadow var store (for tests: it holds θ' after a lookahead).
+    #[doc(hidden)]
+    pub fn shadow_store(&self) -> &nn::VarStore {
+        &self.shadow_vs
+    }
+}
