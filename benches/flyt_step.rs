@@ -3,9 +3,11 @@
 //! model (forward, standard CLIP loss, backward, AdamW step), in the same process.
 //!
 //! `cargo bench --bench flyt_step -- [BATCH] [DOWN_BATCH] [CLASSES] [DIM] [cpu|cuda]`
-//! Default: 4096 / 3072 / 1000 classes / 512-d (the paper's batch sizes, ImageNet's classes, B/32's width),
-//! embedding reference mode (trainable projections over frozen embeddings). Under `cargo test` it runs once at
-//! a tiny size as a smoke test.
+//!   embedding reference mode (trainable projections over frozen embeddings); default 4096 / 3072 / 1000
+//!   classes / 512-d (the paper's batch sizes, ImageNet's classes, B/32's width).
+//! `cargo bench --bench flyt_step -- full [BATCH] [DOWN_BATCH] [CLASSES] [tiny|b32] [cpu|cuda]`
+//!   full reference mode (the CLIP towers; JVP by double backward); default 32 / 24 / 10 / tiny on CPU.
+//! Under `cargo test` each mode runs once at a tiny size as a smoke test.
 
 use std::time::Instant;
 
@@ -18,7 +20,88 @@ use tch::{Device, Kind, Tensor};
 fn main() {
     flyt::init_torch_runtime();
     let bench = std::env::args().any(|a| a == "--bench");
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let full = args.first().is_some_and(|a| a == "full");
+    if full {
+        args.remove(0);
+    }
+    if full || !bench {
+        full_mode(bench, &args);
+    }
+    if !full {
+        embedding_mode(bench, &args);
+    }
+}
+
+fn median(v: &mut Vec<f64>) -> f64 {
+    v.remove(0); // warm-up
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn full_mode(bench: bool, args: &[String]) {
+    use flyt::train::{FullReference, Inner, PixelTaskBatch};
+    let num =
+        |i: usize, d: i64, tiny: i64| if bench { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d) } else { tiny };
+    let (n, m, c) = (num(0, 32, 8), num(1, 24, 6), num(2, 10, 3));
+    let arch = args.get(3).map(String::as_str).unwrap_or("tiny");
+    let dev = match args.get(4).map(String::as_str) {
+        Some("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let config: flyt::clip::ClipConfig = match arch {
+        "b32" => flyt::clip::ClipConfig::vit_b32(),
+        _ => serde_json::from_value(serde_json::json!({
+            "text_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4},
+            "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "image_size": 64, "patch_size": 16},
+            "projection_dim": 64
+        }))
+        .expect("tiny config"),
+    };
+    let side = config.vision_config.image_size;
+    println!("full mode ({arch}): upstream batch {n}, downstream batch {m}, {c} classes, device {dev:?}");
+    tch::manual_seed(0);
+    let opts = (Kind::Float, dev);
+    let mut reference = FullReference::new(&config, None, AdamW::default(), Kind::Float, dev).expect("reference");
+    let ids = |rows: i64| {
+        let body = Tensor::randint_low(1, 40000, [rows, 76], (Kind::Int64, dev));
+        Tensor::cat(&[body, Tensor::full([rows, 1], 49407, (Kind::Int64, dev))], 1)
+    };
+    let (pixels, text) = (Tensor::randn([n, 3, side, side], opts), ids(n));
+    let tasks = vec![PixelTaskBatch {
+        pixels: Tensor::randn([m, 3, side, side], opts),
+        labels: Tensor::randint(c, [m], (Kind::Int64, dev)),
+        prompts: ids(c),
+    }];
+    let sync = || {
+        if let Device::Cuda(i) = dev {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let reps = if bench { 4 } else { 1 };
+    let (mut plain, mut flyt) = (Vec::new(), Vec::new());
+    for _ in 0..=reps {
+        sync();
+        let t = Instant::now();
+        reference.plain_step(&pixels, &text, 5e-5);
+        sync();
+        plain.push(t.elapsed().as_secs_f64());
+    }
+    let s = Tensor::randn([n], opts);
+    for _ in 0..=reps {
+        sync();
+        let t = Instant::now();
+        let look = reference.lookahead(&s, &pixels, &text, &tasks, Inner::AdamW, 5e-5).expect("lookahead");
+        reference.apply(look, 5e-5);
+        sync();
+        flyt.push(t.elapsed().as_secs_f64());
+    }
+    let (p, f) = (median(&mut plain), median(&mut flyt));
+    println!("plain CLIP step {:.1} ms, FLYT step {:.1} ms: FLYT / plain = {:.2}×", p * 1e3, f * 1e3, f / p);
+}
+
+fn embedding_mode(bench: bool, args: &[String]) {
     let num =
         |i: usize, d: i64, tiny: i64| if bench { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d) } else { tiny };
     let (n, m, c, d) = (num(0, 4096, 64), num(1, 3072, 48), num(2, 1000, 10), num(3, 512, 32));
@@ -28,7 +111,7 @@ fn main() {
     };
     let reps = if bench { 5 } else { 1 };
     println!(
-        "upstream batch {n}, downstream batch {m}, {c} classes, {d}-d, device {dev:?}, libtorch threads {}",
+        "embedding mode: upstream batch {n}, downstream batch {m}, {c} classes, {d}-d, device {dev:?}, libtorch threads {}",
         tch::get_num_threads()
     );
     tch::manual_seed(0);
@@ -87,12 +170,6 @@ fn main() {
         Ok(true)
     })
     .unwrap();
-    // the first of each is a warm-up
-    let med = |v: &mut Vec<f64>| {
-        v.remove(0);
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (p, f) = (med(&mut plain), med(&mut flyt));
+    let (p, f) = (median(&mut plain), median(&mut flyt));
     println!("plain CLIP step {:.1} ms, FLYT step {:.1} ms: FLYT / plain = {:.2}×", p * 1e3, f * 1e3, f / p);
 }

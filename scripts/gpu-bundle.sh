@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p flyt-pipelines --bin flyt
+bench=$(cargo bench --bench flyt_step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 rm -rf gpu-bundle
 mkdir -p gpu-bundle
 cp target/release/flyt gpu-bundle/flyt
-strip gpu-bundle/flyt 2>/dev/null || true
+cp "$bench" gpu-bundle/flyt_step
+strip gpu-bundle/flyt gpu-bundle/flyt_step 2>/dev/null || true
 cat > gpu-bundle/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the bundled flyt against this machine's torch (its python3's torch package, 2.11.0 expected).
@@ -19,12 +21,12 @@ lib=$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__fil
 ver=$("$PY" -c 'import torch; print(torch.__version__)')
 case "$ver" in 2.11.0*) ;; *) echo "run.sh: warning: torch $ver here, flyt was built against 2.11.0" >&2 ;; esac
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec "$here/flyt" "$@"
+exec "$here/${FLYT_BIN:-flyt}" "$@"
 RUN
 chmod +x gpu-bundle/run.sh
 mkdir -p gpu-bundle/py
 cp scripts/py/*.py gpu-bundle/py/
 cp .venv/clip/bpe_simple_vocab_16e6.txt.gz gpu-bundle/py/
 size=$(du -sm gpu-bundle | cut -f1)
-echo "gpu-bundle/: ${size} MiB (flyt, run.sh, py/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
+echo "gpu-bundle/: ${size} MiB (flyt, flyt_step bench, run.sh, py/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
 [ "$size" -lt 64 ] || { echo "gpu-bundle is over 64 MiB" >&2; exit 1; }

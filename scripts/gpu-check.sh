@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, run on a GPU machine from the repository root with gpu-bundle/ carried there
-# (build it here with ./x gpu-bundle). Prints every figure with the card's name. About 5 minutes on an H100.
+# (build it here with ./x gpu-bundle). Prints every figure with the card's name. About 8 minutes on an H100.
 #   device run: bash scripts/gpu-check.sh      (carry: gpu-bundle)
 set -uo pipefail
 B=gpu-bundle
@@ -22,4 +22,12 @@ for bs in 512 1024; do
   rm -rf /tmp/flyt-emb
   /usr/bin/time -v $B/run.sh embed --model /tmp/flyt-b32 --out /tmp/flyt-emb --device cuda --batch-size $bs /tmp/flyt-pool 2>&1 \
     | grep -E "embedded|Elapsed|Maximum resident|Percent of CPU"
+done
+
+echo "== FLYT step vs plain CLIP step (issue 5), embedding mode at the paper's batch sizes"
+FLYT_BIN=flyt_step timeout 300 $B/run.sh --bench 4096 3072 1000 512 cuda
+echo "== FLYT step vs plain CLIP step, full mode, random ViT-B/32 (f32, double-backward JVP)"
+for spec in "256 192 100" "1024 768 1000"; do
+  set -- $spec
+  FLYT_BIN=flyt_step timeout 240 $B/run.sh --bench full "$1" "$2" "$3" b32 cuda || echo "(batch $1 failed: see above)"
 done

@@ -303,8 +303,7 @@ fn hypergradient_matches_finite_differences_full_mode() {
     use flyt::train::{FullReference, PixelTaskBatch};
     let _turn = torch_turn();
     tch::manual_seed(21);
-    let mut reference =
-        FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
+    let mut reference = FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
     let n = 6;
     let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
     let ids = token_ids(n);

@@ -101,6 +101,8 @@ fn train_flyt_resume_and_score() {
     let csv = std::fs::read_to_string(d.join("a/losses.csv")).unwrap();
     assert_eq!(csv.lines().count(), 121, "a header and one row per step");
     assert!(csv.starts_with("step,up_loss,down_loss,"));
+    let png = std::fs::read(d.join("a/loss.png")).expect("the loss curve");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{} bytes", png.len());
     // the same run stopped at 70, then resumed
     let mut args: Vec<&str> = base.to_vec();
     args.extend(TRAIN);

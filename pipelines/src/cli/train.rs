@@ -44,7 +44,7 @@ pub struct TrainArgs {
     /// M-FLYT: the score columns to mix (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
-    /// Output directory: checkpoint.safetensors + checkpoint.json, losses.csv.
+    /// Output directory: checkpoint.safetensors + checkpoint.json, losses.csv, loss.png.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from OUT/checkpoint.safetensors.
@@ -322,23 +322,45 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         last = rows.last().cloned().or(last);
     }
     pb.finish_and_clear();
+    let plot = loss_plot(&csv_path, &a.out.join("loss.png"))?;
     let secs = start.elapsed().as_secs_f64();
     let done = state.step - first;
     match last {
         Some(l) => println!(
             "trained {} steps {first}..{} in {secs:.1} s ({:.2} s/step): upstream loss {:.4}, downstream loss {:.4}; \
-             wrote {} and {}",
+             wrote {}, {} and {}",
             done,
             state.step,
             secs / done.max(1) as f64,
             l.up_loss,
             l.down_loss,
             show(&ckpt),
-            show(&csv_path)
+            show(&csv_path),
+            show(&plot)
         ),
         None => println!("nothing to do: {} is at step {} of {}", show(&ckpt), state.step, config.steps),
     }
     Ok(())
+}
+
+/// Draws the upstream and downstream losses of `losses.csv` against the step.
+fn loss_plot(csv: &Path, png: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
+        if f.len() >= 3 {
+            up.push((f[0], f[1]));
+            down.push((f[0], f[2]));
+        }
+    }
+    crate::plot::line_chart(
+        png,
+        "FLYT training",
+        "step",
+        "loss",
+        &[("upstream (weighted CLIP loss at θ)", &up), ("downstream (CE at θ')", &down)],
+    )
 }
 
 /// Runs `flyt score`: per pool file, `<stem>_scores.parquet` with `uid` and `score`.
