@@ -230,6 +230,20 @@ fn mflyt_weights_good_noise_and_negated_good() {
     let (w, _) = mixer.weights();
     let w: Vec<f32> = Vec::try_from(&w).unwrap();
     assert!(w[0] > 0.0 && w[2] < 0.0, "weights {w:?}");
+    // the z-scoring statistics travel with the model: a fresh mixer loaded from the checkpoint scores the same
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("m.safetensors");
+    flyt::train::save_checkpoint(&ckpt, &mixer, &state, &serde_json::Value::Null).unwrap();
+    let vs2 = tch::nn::VarStore::new(Device::Cpu);
+    let fresh = Mixer::new(&vs2.root(), 3);
+    let mut st2 = FlytState {
+        reference: EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Float, Device::Cpu),
+        score_opt: ParamAdamW::new(cfg.adam, &fresh.named_parameters()),
+        step: 0,
+    };
+    flyt::train::load_checkpoint(&ckpt, &fresh, &mut st2).unwrap();
+    let (a, b) = tch::no_grad(|| (mixer.forward(&pool.features), fresh.forward(&pool.features)));
+    assert_eq!((a - b).abs().max().double_value(&[]), 0.0);
     // ≈ 0 relative to the others: Adam moves even a pure-noise weight by about lr·√steps (a random walk;
     // seeds 20–27 gave |w_noise| / w_good ≤ 0.29), while the informative weights grow with the steps
     assert!(w[1].abs() < 0.4 * w[0].abs().min(w[2].abs()), "noise weight not ≈ 0: {w:?}");

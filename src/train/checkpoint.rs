@@ -26,7 +26,7 @@ pub fn save_checkpoint(
     meta: &serde_json::Value,
 ) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = Vec::new();
-    for (n, t) in model.named_parameters() {
+    for (n, t) in model.named_parameters().into_iter().chain(model.named_buffers()) {
         named.push((format!("model.{n}"), t.detach()));
     }
     let r = &state.reference;
@@ -87,7 +87,7 @@ pub fn load_checkpoint(
         Ok(t.to_kind(like.kind()).to_device(like.device()))
     };
     let _g = tch::no_grad_guard();
-    for (n, mut t) in model.named_parameters() {
+    for (n, mut t) in model.named_parameters().into_iter().chain(model.named_buffers()) {
         let v = get(&format!("model.{n}"), &t)?;
         t.copy_(&v);
     }

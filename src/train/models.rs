@@ -122,6 +122,11 @@ impl Mixer {
         out
     }
 
+    /// The z-scoring statistics by name (saved with the model, not trained).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        vec![("mean".into(), self.mean.shallow_clone()), ("std".into(), self.std.shallow_clone())]
+    }
+
     /// Starts from zero weights and bias (every example scores the same: uniform upstream weights) instead of
     /// PyTorch's random default, so no input starts with an arbitrary sign.
     pub fn zero_init(&mut self) {

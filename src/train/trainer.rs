@@ -15,6 +15,10 @@ pub trait ScoringModel {
     fn forward(&self, features: &Tensor) -> Tensor;
     /// The trainable parameters with their names (for weight decay and checkpoints).
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
+    /// State that is saved with the model but not trained (the mixer's z-scoring statistics).
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
 }
 
 impl ScoringModel for GluHead {
@@ -35,6 +39,9 @@ impl ScoringModel for Mixer {
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         self.parameters()
+    }
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        self.buffers()
     }
 }
 
