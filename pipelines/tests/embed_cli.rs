@@ -158,6 +158,64 @@ fn embed_matches_transformers_and_resumes() {
     let mut want: Vec<flyt::Uid> = by_score[..12].iter().map(|p| p.0).collect();
     want.sort();
     assert_eq!(kept, want, "the top half by the embedder's CLIP score");
+    // A downstream task from a labelled shard, checked against transformers' text tower, then FLYT trained on
+    // the embedded pool and the pool scored: the whole embedding-mode chain.
+    let labelled = dir.path().join("labelled");
+    let mut w = flyt::ShardWriter::new(&labelled, 1000).unwrap();
+    for i in 0..12u32 {
+        let img = flyt::synth::jpeg_image(40 + i * 3, &mut rng);
+        w.write(&flyt::SampleBuilder::new(format!("{i:06}")).image("jpg", img).label((i % 3) as i64).build()).unwrap();
+    }
+    w.write(&flyt::SampleBuilder::new("999998").image("jpg", flyt::synth::jpeg_image(40, &mut rng)).label(7).build())
+        .unwrap();
+    w.finish().unwrap();
+    std::fs::write(dir.path().join("classnames.txt"), "sandal\nbag\ncoat\n").unwrap();
+    std::fs::write(dir.path().join("templates.txt"), "a photo of a {c}.\na {c} on a table.\n").unwrap();
+    let task = dir.path().join("task.npz");
+    let o = Command::new(flyt)
+        .args(["downstream", "--model", model.to_str().unwrap(), "--device", "cpu", "--batch-size", "5"])
+        .args(["--classnames", dir.path().join("classnames.txt").to_str().unwrap()])
+        .args(["--templates", dir.path().join("templates.txt").to_str().unwrap()])
+        .args(["--out", task.to_str().unwrap(), labelled.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("12 images of 3 classes, 2 templates"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("label Some(7)"), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = py(
+        r#"
+import sys, numpy as np, torch
+from transformers import CLIPModel, CLIPTokenizer
+z = np.load(sys.argv[2])
+model = CLIPModel.from_pretrained(sys.argv[1]).eval(); tok = CLIPTokenizer.from_pretrained(sys.argv[1])
+texts = [t.replace("{c}", c) for c in ["sandal", "bag", "coat"] for t in ["a photo of a {c}.", "a {c} on a table."]]
+ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+with torch.no_grad():
+    e = model.get_text_features(**ids)
+e = getattr(e, "pooler_output", e)
+e = (e / e.norm(dim=-1, keepdim=True)).numpy().reshape(3, 2, -1)
+print(z["image"].shape, z["labels"].tolist(), z["prompts"].shape, float(np.abs(z["prompts"] - e).max()) < 1e-4)
+"#,
+        &[model.to_str().unwrap(), task.to_str().unwrap()],
+    );
+    assert_eq!(check.trim(), "(12, 16) [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2] (3, 2, 16) True");
+    let train_out = dir.path().join("train");
+    let o = Command::new(flyt)
+        .args(["train", "flyt", "--pool", out.to_str().unwrap(), "--downstream", task.to_str().unwrap()])
+        .args(["--out", train_out.to_str().unwrap(), "--steps", "6", "--batch", "8", "--down-batch", "6"])
+        .args(["--warmup", "2", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let scored = dir.path().join("scored");
+    let o = Command::new(flyt)
+        .args(["score", "--model", train_out.join("checkpoint.safetensors").to_str().unwrap()])
+        .args(["--pool", out.to_str().unwrap(), "--out", scored.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let scores = flyt::read_scores_parquet(scored.join("00000000_scores.parquet"), "score").unwrap();
+    assert_eq!(scores.len(), 24);
     // Default float16 output, DataComp's dtype, and the fast (DCT-scaled) path run too.
     let out16 = dir.path().join("out16");
     let o = Command::new(flyt)

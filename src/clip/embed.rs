@@ -88,6 +88,21 @@ impl Embedder {
         self.model.config().projection_dim as usize
     }
 
+    /// Normalised text embeddings (`texts.len() × dim`, row-major) of texts, in batches of the configured size.
+    pub fn embed_texts(&self, texts: &[&str]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(texts.len() * self.dim());
+        for chunk in texts.chunks(self.config.batch_size.max(1)) {
+            let ids = self.tokenizer.encode_batch(chunk).to_device(self.config.device);
+            let t = tch::no_grad(|| l2_normalize(&self.model.text_features(&ids).to_kind(Kind::Float)));
+            let t = t.to_device(Device::Cpu).contiguous().view([-1]);
+            let n = t.numel();
+            let mut v = vec![0f32; n];
+            t.copy_data(&mut v, n);
+            out.extend(v);
+        }
+        out
+    }
+
     /// Embeds preprocessed images (HWC bytes, `size²·3`) and their captions.
     fn run_batch(&self, images: &[Vec<u8>], captions: &[&str], out: &mut Embeddings) {
         let device = self.config.device;

@@ -51,7 +51,7 @@ pub struct Args {
     pub shards: Vec<PathBuf>,
 }
 
-fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
+pub(crate) fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
     Ok(match s {
         "cpu" => tch::Device::Cpu,
         "auto" => {

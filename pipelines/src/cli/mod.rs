@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod downstream;
 mod embed;
 mod embed_bench;
 mod filter;
@@ -30,6 +31,9 @@ pub enum Command {
     /// Embed shards' images and captions with a CLIP model: per shard, `.npz` embeddings and a `.parquet` of
     /// (uid, key, CLIP score). Resumable.
     Embed(embed::Args),
+    /// Embed a labelled WebDataset (`cls`) and its class names × templates with a frozen CLIP into a FLYT
+    /// downstream task `.npz` (image, labels, prompts) for `flyt train`.
+    Downstream(downstream::Args),
     /// Time the image tower of a randomly initialised CLIP (ViT-B/32 or ViT-L/14) on a device.
     EmbedBench(embed_bench::Args),
     /// Select a subset with one of DataComp's baseline filters or a score method (CLIP score, negCLIPLoss,
@@ -89,6 +93,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Embed(a) => embed::run(a),
         Command::EmbedBench(a) => embed_bench::run(a),
+        Command::Downstream(a) => downstream::run(a),
         Command::Filter(a) => filter::run(a),
         Command::Scores(a) => filter::run_scores(a),
         Command::Inspect(a) => inspect::run(a),
