@@ -73,6 +73,7 @@ fn full_mode(bench: bool, args: &[String]) {
         pixels: Tensor::randn([m, 3, side, side], opts),
         labels: Tensor::randint(c, [m], (Kind::Int64, dev)),
         prompts: ids(c),
+        captions: None,
     }];
     let sync = || {
         if let Device::Cuda(i) = dev {
@@ -127,6 +128,7 @@ fn embedding_mode(bench: bool, args: &[String]) {
         image: norm(Tensor::randn([m * 2, d], opts)),
         labels: Tensor::randint(c, [m * 2], (Kind::Int64, dev)),
         prompts: norm(Tensor::randn([c, 4, d], opts)),
+        captions: None,
     };
     let sync = || {
         if let Device::Cuda(i) = dev {

@@ -32,6 +32,7 @@ fn setup(seed: i64) -> Setup {
         image: Tensor::randn([m, din], OPTS),
         labels: Tensor::randint(c, [m], (Kind::Int64, Device::Cpu)),
         prompts: Tensor::randn([c, din], OPTS),
+        captions: None,
     };
     let tasks = vec![task(6, 3), task(5, 4)];
     let s = Tensor::randn([n], OPTS);
@@ -75,6 +76,16 @@ fn hypergradient_matches_finite_differences_adamw() {
     let first = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, 0.05).unwrap();
     x.reference.apply(first, 0.05);
     x.s = Tensor::randn([8], OPTS);
+    check_against_finite_differences(&x, Inner::AdamW, 0.05);
+}
+
+#[test]
+fn hypergradient_matches_finite_differences_with_the_downstream_clip_loss() {
+    let _turn = torch_turn();
+    let mut x = setup(4);
+    // notes §2.4 (b): one task scored by the CLIP loss of its (image, caption) pairs, one by the classifier
+    x.tasks[0].captions = Some(&x.tasks[0].image * 0.5 + Tensor::randn([6, 6], OPTS));
+    check_against_finite_differences(&x, Inner::Sgd, 0.5);
     check_against_finite_differences(&x, Inner::AdamW, 0.05);
 }
 
@@ -154,7 +165,7 @@ fn planted(seed: i64, scale: i64) -> Planted {
     let r = &r - r.mean(Kind::Float);
     let r = &r - &gc * ((&r * &gc).sum(Kind::Float) / (&gc * &gc).sum(Kind::Float));
     let scores_in = Tensor::stack(&[&good, &r, &(-&good)], 1);
-    let task = flyt::train::DownstreamTask { image: down_img, labels, prompts };
+    let task = flyt::train::DownstreamTask { image: down_img, labels, prompts, captions: None };
     Planted { pool: flyt::train::UpstreamPool { image, text, features }, scores_in, kind, task, din }
 }
 
@@ -321,11 +332,21 @@ fn hypergradient_matches_finite_differences_full_mode() {
     let n = 6;
     let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
     let ids = token_ids(n);
-    let tasks = vec![PixelTaskBatch {
-        pixels: Tensor::randn([5, 3, 8, 8], OPTS),
-        labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
-        prompts: token_ids(3),
-    }];
+    let tasks = vec![
+        PixelTaskBatch {
+            pixels: Tensor::randn([5, 3, 8, 8], OPTS),
+            labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
+            prompts: token_ids(3),
+            captions: None,
+        },
+        // the downstream CLIP loss (notes §2.4 (b)) on a second task
+        PixelTaskBatch {
+            pixels: Tensor::randn([4, 3, 8, 8], OPTS),
+            labels: Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            prompts: token_ids(1),
+            captions: Some(token_ids(4)),
+        },
+    ];
     let s = Tensor::randn([n], OPTS);
     for (inner, lr) in [(Inner::Sgd, 0.5), (Inner::AdamW, 0.01)] {
         if inner == Inner::AdamW {

@@ -44,6 +44,11 @@ lab = np.arange(M) % C
 dimg = norm(a[lab] + 0.15 * rng.normal(size=(M, d)))
 prompts = norm(b[:, None, :] + 0.1 * rng.normal(size=(C, 3, d)))
 np.savez("task.npz", image=dimg.astype(np.float32), labels=lab.astype(np.int64), prompts=prompts.astype(np.float32))
+caps = norm(b[lab] + 0.1 * rng.normal(size=(M, d)))
+np.savez("task_cap.npz", image=dimg.astype(np.float32), labels=lab.astype(np.int64), prompts=prompts.astype(np.float32),
+         captions=caps.astype(np.float32))
+np.savez("task_badcap.npz", image=dimg.astype(np.float32), labels=lab.astype(np.int64), prompts=prompts.astype(np.float32),
+         captions=caps[:10].astype(np.float32))
 nd, nc, ns = 40, 100, 100
 cl = rng.integers(0, C, nc); sl = rng.integers(0, C, ns); other = (sl + rng.integers(1, C, ns)) % C
 img = np.concatenate([dimg[:nd], norm(0.6 * a[cl] + 0.8 * norm(rng.normal(size=(nc, d)))), norm(a[sl] + 0.15 * rng.normal(size=(ns, d)))])
@@ -195,4 +200,21 @@ fn train_mflyt_and_missing_scores() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn train_with_the_downstream_clip_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    let mut args = vec!["train", "flyt", "--pool", "pool", "--downstream", "task_cap.npz", "--downstream", "task.npz"];
+    args.extend(["--out", "c"]);
+    args.extend(TRAIN);
+    let out = ok(flyt(&args, d));
+    assert!(out.contains("trained 120 steps"), "{out}");
+    let mut bad = vec!["train", "flyt", "--pool", "pool", "--downstream", "task_badcap.npz", "--out", "c2"];
+    bad.extend(TRAIN);
+    let o = flyt(&bad, d);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("captions must be M × d"), "{err}");
 }

@@ -33,7 +33,8 @@ pub struct EmbeddingReference {
 }
 
 /// One downstream task's batch in embedding mode: frozen image embeddings with labels, and one frozen prompt
-/// text embedding per class (one template per class, chosen by the caller each step).
+/// text embedding per class (one template per class, chosen by the caller each step) — or, for the
+/// alternative downstream loss (notes §2.4 (b)), a frozen caption embedding per image.
 #[derive(Debug)]
 pub struct DownstreamBatch {
     /// `M × in` image embeddings.
@@ -42,6 +43,9 @@ pub struct DownstreamBatch {
     pub labels: Tensor,
     /// `C × in` prompt text embeddings.
     pub prompts: Tensor,
+    /// `M × in` caption embeddings: when present, this task's loss is the CLIP loss of (image, caption) pairs
+    /// with logit scale exp(ρ) instead of the prompt classifier's cross-entropy.
+    pub captions: Option<Tensor>,
 }
 
 /// What one lookahead computed.
@@ -144,15 +148,24 @@ impl EmbeddingReference {
         normalize(&x.matmul(&params[1].transpose(0, 1)))
     }
 
-    /// Mean cross-entropy over tasks of the prompt classifier built from `params`' text projection, logits
-    /// exp(ρ)·⟨image, class⟩ (notes §2.4 (a)).
+    /// Mean over tasks of the prompt classifier's cross-entropy, logits exp(ρ)·⟨image, class⟩ built from
+    /// `params`' text projection (notes §2.4 (a)), or for a task with captions the CLIP loss of its (image,
+    /// caption) pairs at scale exp(ρ) (notes §2.4 (b)).
     pub fn downstream_loss(params: &[Tensor], rho: &Tensor, tasks: &[DownstreamBatch]) -> Tensor {
         let mut total: Option<Tensor> = None;
         for t in tasks {
             let img = Self::encode_image(params, &t.image);
-            let cls = Self::encode_text(params, &t.prompts);
-            let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
-            let ce = -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind());
+            let ce = match &t.captions {
+                Some(c) => {
+                    let cap = Self::encode_text(params, c);
+                    super::loss::clip_loss(&(img.matmul(&cap.transpose(0, 1)) * rho.exp()))
+                }
+                None => {
+                    let cls = Self::encode_text(params, &t.prompts);
+                    let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
+                    -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind())
+                }
+            };
             total = Some(match total {
                 None => ce,
                 Some(x) => x + ce,

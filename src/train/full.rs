@@ -19,6 +19,9 @@ pub struct PixelTaskBatch {
     pub labels: Tensor,
     /// `C × L` prompt token ids (one template per class).
     pub prompts: Tensor,
+    /// `M × L` caption token ids: when present, the CLIP loss of (image, caption) pairs at scale exp(ρ) replaces
+    /// the prompt classifier (notes §2.4 (b)).
+    pub captions: Option<Tensor>,
 }
 
 /// The reference CLIP (trainable, with AdamW and ρ) and a shadow copy used to evaluate the downstream loss at
@@ -118,9 +121,17 @@ impl FullReference {
         let mut total: Option<Tensor> = None;
         for t in tasks {
             let img = l2_normalize(&model.image_features(&t.pixels));
-            let cls = l2_normalize(&model.text_features(&t.prompts));
-            let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
-            let ce = -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind());
+            let ce = match &t.captions {
+                Some(c) => {
+                    let cap = l2_normalize(&model.text_features(c));
+                    super::loss::clip_loss(&(img.matmul(&cap.transpose(0, 1)) * rho.exp()))
+                }
+                None => {
+                    let cls = l2_normalize(&model.text_features(&t.prompts));
+                    let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
+                    -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind())
+                }
+            };
             total = Some(match total {
                 None => ce,
                 Some(x) => x + ce,

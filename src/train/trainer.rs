@@ -67,6 +67,8 @@ pub struct DownstreamTask {
     pub labels: Tensor,
     /// `C × T × in`.
     pub prompts: Tensor,
+    /// `M × in` caption embeddings for the downstream CLIP loss (notes §2.4 (b)) instead of the classifier.
+    pub captions: Option<Tensor>,
 }
 
 /// Training settings (defaults: notes §2.6, except the step count).
@@ -177,7 +179,12 @@ pub fn train_flyt(
                 let tmpl: Vec<i64> = (0..c).map(|_| rng.below(nt as u64) as i64).collect();
                 let rows = Tensor::arange(c, (Kind::Int64, device));
                 let prompts = t.prompts.index(&[Some(rows), Some(Tensor::from_slice(&tmpl).to_device(device))]);
-                DownstreamBatch { image: t.image.index_select(0, &di), labels: t.labels.index_select(0, &di), prompts }
+                DownstreamBatch {
+                    image: t.image.index_select(0, &di),
+                    labels: t.labels.index_select(0, &di),
+                    prompts,
+                    captions: t.captions.as_ref().map(|c| c.index_select(0, &di)),
+                }
             })
             .collect();
         let ref_lr = cosine_lr(config.ref_lr, step, config.warmup, config.steps);

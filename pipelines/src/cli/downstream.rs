@@ -25,6 +25,10 @@ pub struct Args {
     /// Output `.npz`: `image` (M × d), `labels` (M), `prompts` (C × T × d), all from the frozen CLIP.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also store the samples' caption embeddings (`captions`, M × d): `flyt train` then uses the downstream CLIP
+    /// loss over (image, caption) pairs for this task (notes §2.4 (b)). Samples need a `txt` caption.
+    #[arg(long)]
+    pub captions: bool,
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -57,9 +61,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let embedder = Embedder::load(&a.model, EmbedderConfig { batch_size: a.batch_size, device, ..Default::default() })?;
     let dim = embedder.dim();
-    let config = ReaderConfig::default().require_caption(false).require_label(true);
+    let config = ReaderConfig::default().require_caption(a.captions).require_label(true);
     let mut labels_by_key: HashMap<String, i64> = HashMap::new();
     let mut image = Vec::new();
+    let mut captions = Vec::new();
     let mut labels = Vec::new();
     let (mut rejected, mut bad_label) = (0usize, 0usize);
     for shard in expand_shards(&a.shards)? {
@@ -96,6 +101,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let l = labels_by_key[&format!("{shard_name}\0{key}")];
             labels.push(l);
             image.extend_from_slice(&emb.image[i * dim..(i + 1) * dim]);
+            if a.captions {
+                captions.extend_from_slice(&emb.text[i * dim..(i + 1) * dim]);
+            }
         }
     }
     if labels.is_empty() {
@@ -111,6 +119,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "prompts".to_string(),
         NpyArray { shape: vec![classes.len(), templates.len(), dim], data: NpyData::F32(prompts) },
     );
+    if a.captions {
+        arrays
+            .insert("captions".to_string(), NpyArray { shape: vec![labels.len(), dim], data: NpyData::F32(captions) });
+    }
     flyt::write_npz(&a.out, &arrays, false)?;
     println!(
         "{} images of {} classes, {} templates ({dim}-d); {rejected} rejected, {bad_label} with a label outside the classes; wrote {}",

@@ -35,7 +35,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub embeddings: Option<String>,
     /// Downstream task `.npz` (repeatable): `image` (M × d frozen image embeddings), `labels` (M integers),
-    /// `prompts` (C × T × d frozen text embeddings of class names × templates).
+    /// `prompts` (C × T × d frozen text embeddings of class names × templates); with a `captions` array (M × d)
+    /// the task's loss is the CLIP loss of its (image, caption) pairs instead (`flyt downstream --captions`).
     #[arg(long, required = true)]
     pub downstream: Vec<PathBuf>,
     /// M-FLYT: parquet file(s) with `uid` and score columns (as `flyt scores` writes), joined on uid.
@@ -197,6 +198,15 @@ fn read_task(path: &Path, dim: usize, dev: Device) -> anyhow::Result<DownstreamT
         labels: Tensor::from_slice(&labels).to_device(dev),
         prompts: normalize(&Tensor::from_slice(&f(prompts, "prompts")?).view([c as i64, t as i64, d as i64]))
             .to_device(dev),
+        captions: match arrays.get("captions") {
+            None => None,
+            Some(c) => {
+                if c.shape != [m, d] {
+                    bail!("{}: captions must be M × d like image, shape is {:?}", path.display(), c.shape);
+                }
+                Some(normalize(&matrix(&f(c, "captions")?, d, dev)))
+            }
+        },
     })
 }
 
