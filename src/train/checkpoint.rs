@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use super::trainer::{FlytState, ScoringModel};
+use super::trainer::{FlytState, ReferenceState, ScoringModel};
 use crate::{Error, Result};
 
 fn sidecar(path: &Path) -> PathBuf {
@@ -19,27 +19,27 @@ fn tch_err(path: &Path, e: tch::TchError) -> Error {
 /// Saves the model and the run state to `path` (`.safetensors`) and `path` with `.json` (counters plus
 /// `meta`, e.g. the inputs and their versions). Both are written under temporary names and renamed, the JSON
 /// last, so a reader never sees a half-written checkpoint.
-pub fn save_checkpoint(
+pub fn save_checkpoint<R: ReferenceState>(
     path: &Path,
     model: &(impl ScoringModel + ?Sized),
-    state: &FlytState,
+    state: &FlytState<R>,
     meta: &serde_json::Value,
 ) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (n, t) in model.named_parameters().into_iter().chain(model.named_buffers()) {
         named.push((format!("model.{n}"), t.detach()));
     }
-    let r = &state.reference;
-    for (i, p) in r.params.iter().enumerate() {
+    let (params, rho, opt, rho_opt) = state.reference.parts();
+    for (i, p) in params.iter().enumerate() {
         named.push((format!("reference.{i}"), p.detach()));
     }
-    named.push(("reference.rho".into(), r.rho.detach()));
-    let (m, v, ref_t) = r.opt.state();
+    named.push(("reference.rho".into(), rho.detach()));
+    let (m, v, ref_t) = opt.state();
     for (i, (m, v)) in m.iter().zip(&v).enumerate() {
         named.push((format!("reference_opt.m.{i}"), m.shallow_clone()));
         named.push((format!("reference_opt.v.{i}"), v.shallow_clone()));
     }
-    let (m, v, rho_t) = r.rho_opt.state();
+    let (m, v, rho_t) = rho_opt.state();
     named.push(("rho_opt.m".into(), m[0].shallow_clone()));
     named.push(("rho_opt.v".into(), v[0].shallow_clone()));
     let (m, v, score_t) = state.score_opt.state();
@@ -65,10 +65,10 @@ pub fn save_checkpoint(
 
 /// Loads a checkpoint written by [`save_checkpoint`] into an existing model and state of the same shapes;
 /// returns the saved `meta`. A missing tensor or a shape mismatch is an error naming the tensor.
-pub fn load_checkpoint(
+pub fn load_checkpoint<R: ReferenceState>(
     path: &Path,
     model: &(impl ScoringModel + ?Sized),
-    state: &mut FlytState,
+    state: &mut FlytState<R>,
 ) -> Result<serde_json::Value> {
     let side = sidecar(path);
     let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
@@ -91,24 +91,24 @@ pub fn load_checkpoint(
         let v = get(&format!("model.{n}"), &t)?;
         t.copy_(&v);
     }
-    let r = &mut state.reference;
-    for (i, p) in r.params.iter_mut().enumerate() {
+    let (params, rho, opt, rho_opt) = state.reference.parts_mut();
+    for (i, p) in params.iter_mut().enumerate() {
         let v = get(&format!("reference.{i}"), p)?;
         p.copy_(&v);
     }
-    let v = get("reference.rho", &r.rho)?;
-    r.rho.copy_(&v);
-    let (m0, v0, _) = r.opt.state();
+    let v = get("reference.rho", rho)?;
+    rho.copy_(&v);
+    let (m0, v0, _) = opt.state();
     let mut ms = Vec::new();
     let mut vs = Vec::new();
     for i in 0..m0.len() {
         ms.push(get(&format!("reference_opt.m.{i}"), &m0[i])?);
         vs.push(get(&format!("reference_opt.v.{i}"), &v0[i])?);
     }
-    r.opt.set_state(ms, vs, counter("reference_t")?);
-    let (m0, v0, _) = r.rho_opt.state();
+    opt.set_state(ms, vs, counter("reference_t")?);
+    let (m0, v0, _) = rho_opt.state();
     let (m, v) = (get("rho_opt.m", &m0[0])?, get("rho_opt.v", &v0[0])?);
-    r.rho_opt.set_state(vec![m], vec![v], counter("rho_t")?);
+    rho_opt.set_state(vec![m], vec![v], counter("rho_t")?);
     let (m0, v0, _) = state.score_opt.state();
     let mut ms = Vec::new();
     let mut vs = Vec::new();

@@ -259,3 +259,120 @@ impl FullReference {
         &self.shadow_vs
     }
 }
+
+impl super::trainer::ReferenceState for FullReference {
+    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW) {
+        (&self.params, &self.rho, &self.opt, &self.rho_opt)
+    }
+    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
+        (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
+    }
+}
+
+/// The upstream pool in full mode: preprocessed images (`crop × crop × 3` bytes each, decoded once), caption
+/// token ids (`P × L`), and the scoring model's features (`P × F`, e.g. the frozen CLIP's [u; t]).
+#[derive(Debug)]
+pub struct FullPool {
+    /// Preprocessed images, HWC bytes.
+    pub images: Vec<Vec<u8>>,
+    /// Caption token ids.
+    pub ids: Tensor,
+    /// Scoring features.
+    pub features: Tensor,
+}
+
+/// A downstream task in full mode: preprocessed images with labels, prompt token ids `C × T × L` (class ×
+/// template), and optionally caption token ids `M × L` for the downstream CLIP loss.
+#[derive(Debug)]
+pub struct FullTask {
+    /// Preprocessed images, HWC bytes.
+    pub images: Vec<Vec<u8>>,
+    /// Labels in `0..C`.
+    pub labels: Vec<i64>,
+    /// `C × T × L` prompt token ids.
+    pub prompts: Tensor,
+    /// `M × L` caption token ids.
+    pub captions: Option<Tensor>,
+}
+
+/// [`super::train_flyt`] with the CLIP towers as the reference (the paper's setting): each step draws an
+/// upstream batch and downstream batches (one template per class), turns the images into pixels, and runs
+/// [`FullReference::lookahead`]. Batches depend only on (seed, step).
+pub fn train_flyt_full(
+    model: &(impl super::ScoringModel + ?Sized),
+    state: &mut super::FlytState<FullReference>,
+    pool: &FullPool,
+    tasks: &[FullTask],
+    config: &super::FlytConfig,
+    mut on_step: impl FnMut(&super::StepLog) -> Result<bool>,
+) -> Result<()> {
+    use super::trainer::{draw, scoring_step, step_rng};
+    let p = pool.images.len();
+    if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.images.is_empty()) {
+        return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
+    }
+    let crop = state.reference.model.config().vision_config.image_size as usize;
+    let device = state.reference.rho.device();
+    let kind = state.reference.rho.kind();
+    let pixels = |images: &[&Vec<u8>]| -> Tensor {
+        let owned: Vec<Vec<u8>> = images.iter().map(|v| (*v).clone()).collect();
+        crate::clip::preprocess::to_pixels(&owned, crop).to_device(device).to_kind(kind)
+    };
+    let rows =
+        |t: &Tensor, idx: &[i64]| t.index_select(0, &Tensor::from_slice(idx).to_device(t.device())).to_device(device);
+    let mut params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+    while state.step < config.steps {
+        let step = state.step;
+        let mut rng = step_rng(config.seed, step);
+        let idx = draw(&mut rng, p, config.batch);
+        let px = pixels(&idx.iter().map(|&i| &pool.images[i as usize]).collect::<Vec<_>>());
+        let (ids, feat) = (rows(&pool.ids, &idx), rows(&pool.features, &idx));
+        let batches: Vec<PixelTaskBatch> = tasks
+            .iter()
+            .map(|t| {
+                let di = draw(&mut rng, t.images.len(), config.down_batch);
+                let (c, nt) = (t.prompts.size()[0], t.prompts.size()[1]);
+                let tmpl: Vec<i64> = (0..c).map(|_| rng.below(nt as u64) as i64).collect();
+                let prompts = t
+                    .prompts
+                    .index(&[
+                        Some(Tensor::arange(c, (Kind::Int64, t.prompts.device()))),
+                        Some(Tensor::from_slice(&tmpl)),
+                    ])
+                    .to_device(device);
+                PixelTaskBatch {
+                    pixels: pixels(&di.iter().map(|&i| &t.images[i as usize]).collect::<Vec<_>>()),
+                    labels: Tensor::from_slice(&di.iter().map(|&i| t.labels[i as usize]).collect::<Vec<_>>())
+                        .to_device(device),
+                    prompts,
+                    captions: t.captions.as_ref().map(|c| rows(c, &di)),
+                }
+            })
+            .collect();
+        let ref_lr = super::cosine_lr(config.ref_lr, step, config.warmup, config.steps);
+        let score_lr = super::cosine_lr(config.score_lr, step, config.warmup, config.steps);
+        let s = model.forward(&feat);
+        let look = state.reference.lookahead(&s, &px, &ids, &batches, config.inner, ref_lr)?;
+        let finite = look.up_loss.is_finite() && look.down_loss.is_finite();
+        let score_grad_norm = scoring_step(&s, &look.g_w, &mut params, &mut state.score_opt, score_lr, finite);
+        let log = super::StepLog {
+            step,
+            up_loss: look.up_loss,
+            down_loss: look.down_loss,
+            ref_grad_norm: look.grad_norm,
+            score_grad_norm,
+            ref_lr,
+            score_lr,
+        };
+        if finite && score_grad_norm.is_finite() {
+            state.reference.apply(look, ref_lr);
+        } else {
+            tracing::warn!(step, "non-finite loss or gradient: step skipped");
+        }
+        state.step += 1;
+        if !on_step(&log)? {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -19,9 +19,11 @@ mod trainer;
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use embedding::{DownstreamBatch, EmbeddingReference, Inner, LOGIT_SCALE_RANGE, Lookahead};
-pub use full::{FullReference, PixelTaskBatch};
+pub use full::{FullPool, FullReference, FullTask, PixelTaskBatch, train_flyt_full};
 pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
 pub use models::{GluHead, Mixer};
 pub use optim::{ParamAdamW, cosine_lr, decays};
-pub use trainer::{DownstreamTask, FlytConfig, FlytState, ScoringModel, StepLog, UpstreamPool, train_flyt};
+pub use trainer::{
+    DownstreamTask, FlytConfig, FlytState, ReferenceState, ScoringModel, StepLog, UpstreamPool, train_flyt,
+};

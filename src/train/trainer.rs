@@ -134,12 +134,58 @@ fn sample_rows(rng: &mut SplitMix64, n: i64, k: usize, device: tch::Device) -> T
     Tensor::from_slice(&idx).to_device(device)
 }
 
+/// The step's random generator: a function of (seed, step) only, so resumed runs draw the same batches.
+pub(crate) fn step_rng(seed: u64, step: usize) -> SplitMix64 {
+    SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// `k` row indices in `0..n`, with replacement.
+pub(crate) fn draw(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<i64> {
+    (0..k).map(|_| rng.below(n as u64) as i64).collect()
+}
+
+/// The scoring model's step: J(φ) = Σ_k softmax(s)_k G_k with G constant, backward, AdamW. Returns ‖∇_φ J‖
+/// (the step is taken only when it is finite).
+pub(crate) fn scoring_step(
+    s: &Tensor,
+    g_w: &Tensor,
+    params: &mut [Tensor],
+    opt: &mut ParamAdamW,
+    lr: f64,
+    finite_losses: bool,
+) -> f64 {
+    let surrogate = (s.softmax(0, s.kind()) * g_w.detach()).sum(s.kind());
+    let grads = Tensor::run_backward(&[&surrogate], params, false, false);
+    let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    if finite_losses && norm.is_finite() {
+        opt.step(params, &grads, lr);
+    }
+    norm
+}
+
+/// What a checkpoint needs of a reference model: its parameters, ρ, and both optimisers.
+pub trait ReferenceState {
+    /// (parameters, ρ, AdamW over the parameters, Adam over ρ).
+    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW);
+    /// The same, mutable (to load a checkpoint).
+    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW);
+}
+
+impl ReferenceState for EmbeddingReference {
+    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW) {
+        (&self.params, &self.rho, &self.opt, &self.rho_opt)
+    }
+    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
+        (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
+    }
+}
+
 /// The state a FLYT run carries from step to step (and a checkpoint saves): the reference model with its
 /// optimisers, the scoring model's optimiser, and the next step.
 #[derive(Debug)]
-pub struct FlytState {
+pub struct FlytState<R = EmbeddingReference> {
     /// The reference model, its AdamW and ρ.
-    pub reference: EmbeddingReference,
+    pub reference: R,
     /// AdamW over the scoring model's parameters.
     pub score_opt: ParamAdamW,
     /// The next step to run (0 for a new run).
@@ -166,7 +212,7 @@ pub fn train_flyt(
     while state.step < config.steps {
         let step = state.step;
         let (reference, score_opt) = (&mut state.reference, &mut state.score_opt);
-        let mut rng = SplitMix64::new(config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = step_rng(config.seed, step);
         let idx = sample_rows(&mut rng, p, config.batch, device);
         let (img, txt, feat) =
             (pool.image.index_select(0, &idx), pool.text.index_select(0, &idx), pool.features.index_select(0, &idx));
@@ -191,10 +237,8 @@ pub fn train_flyt(
         let score_lr = cosine_lr(config.score_lr, step, config.warmup, config.steps);
         let s = model.forward(&feat);
         let look = reference.lookahead(&s, &img, &txt, &batches, config.inner, ref_lr)?;
-        // the scoring surrogate J(φ) = Σ_k softmax(s)_k G_k with G constant
-        let surrogate = (s.softmax(0, s.kind()) * look.g_w.detach()).sum(s.kind());
-        let grads = Tensor::run_backward(&[&surrogate], &params, false, false);
-        let score_grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let finite = look.up_loss.is_finite() && look.down_loss.is_finite();
+        let score_grad_norm = scoring_step(&s, &look.g_w, &mut params, score_opt, score_lr, finite);
         let log = StepLog {
             step,
             up_loss: look.up_loss,
@@ -204,16 +248,11 @@ pub fn train_flyt(
             ref_lr,
             score_lr,
         };
-        if !(log.up_loss.is_finite() && log.down_loss.is_finite() && score_grad_norm.is_finite()) {
+        if finite && score_grad_norm.is_finite() {
+            reference.apply(look, ref_lr);
+        } else {
             tracing::warn!(step, "non-finite loss or gradient: step skipped");
-            state.step += 1;
-            if !on_step(&log)? {
-                break;
-            }
-            continue;
         }
-        score_opt.step(&mut params, &grads, score_lr);
-        reference.apply(look, ref_lr);
         state.step += 1;
         if !on_step(&log)? {
             break;
