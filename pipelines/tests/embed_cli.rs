@@ -216,6 +216,69 @@ print(z["image"].shape, z["labels"].tolist(), z["prompts"].shape, float(np.abs(z
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let scores = flyt::read_scores_parquet(scored.join("00000000_scores.parquet"), "score").unwrap();
     assert_eq!(scores.len(), 24);
+    // Full reference mode: the CLIP towers trained on the shard's images and captions, the labelled shard as
+    // the downstream task; stopped, resumed, then its head scores the embedded pool.
+    let full = dir.path().join("full");
+    let full_args = |steps: &str| -> Vec<String> {
+        [
+            "train",
+            "flyt",
+            "--reference",
+            "full",
+            "--model",
+            model.to_str().unwrap(),
+            "--shards",
+            shards.to_str().unwrap(),
+            "--down-shards",
+            labelled.to_str().unwrap(),
+            "--classnames",
+            dir.path().join("classnames.txt").to_str().unwrap(),
+            "--templates",
+            dir.path().join("templates.txt").to_str().unwrap(),
+            "--out",
+            full.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--batch",
+            "6",
+            "--down-batch",
+            "5",
+            "--warmup",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = Command::new(flyt).args(full_args("4")).args(["--stop-after", "2"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let side = std::fs::read_to_string(full.join("checkpoint.json")).unwrap();
+    assert!(side.contains("\"mode\": \"full\"") && side.contains("\"step\": 2"), "{side}");
+    let o = Command::new(flyt).args(full_args("4")).arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("trained 2 steps 2..4"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(full.join("losses.csv")).unwrap().lines().count(), 5);
+    let o = Command::new(flyt)
+        .args(["score", "--model", full.join("checkpoint.safetensors").to_str().unwrap()])
+        .args([
+            "--pool",
+            out.to_str().unwrap(),
+            "--out",
+            dir.path().join("scored_full").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Default float16 output, DataComp's dtype, and the fast (DCT-scaled) path run too.
     let out16 = dir.path().join("out16");
     let o = Command::new(flyt)

@@ -120,3 +120,24 @@ pub fn load_checkpoint<R: ReferenceState>(
     state.step = counter("step")? as usize;
     Ok(json.get("meta").cloned().unwrap_or(serde_json::Value::Null))
 }
+
+/// Loads only the scoring model (parameters and buffers) from a checkpoint, whatever its reference mode, for
+/// scoring a pool; returns the sidecar's `meta`.
+pub fn load_model(path: &Path, model: &(impl ScoringModel + ?Sized)) -> Result<serde_json::Value> {
+    let side = sidecar(path);
+    let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&side, "json", e.to_string()))?;
+    let tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
+    let _g = tch::no_grad_guard();
+    for (n, mut t) in model.named_parameters().into_iter().chain(model.named_buffers()) {
+        let k = format!("model.{n}");
+        let v = tensors.get(&k).ok_or_else(|| Error::format(path, &k, "missing from the checkpoint"))?;
+        if v.size() != t.size() {
+            return Err(Error::format(path, &k, format!("shape {:?}, the model has {:?}", v.size(), t.size())));
+        }
+        t.copy_(&v.to_kind(t.kind()).to_device(t.device()));
+    }
+    Ok(json.get("meta").cloned().unwrap_or(serde_json::Value::Null))
+}

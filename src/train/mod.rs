@@ -17,7 +17,7 @@ mod optim;
 mod trainer;
 
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
-pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
 pub use embedding::{DownstreamBatch, EmbeddingReference, Inner, LOGIT_SCALE_RANGE, Lookahead};
 pub use full::{FullPool, FullReference, FullTask, PixelTaskBatch, train_flyt_full};
 pub use loss::{clip_loss, weighted_clip_loss};

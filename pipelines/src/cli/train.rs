@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use flyt::train::{
-    AdamW, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Inner, Mixer, ParamAdamW, ScoringModel,
-    StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
+    AdamW, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Inner, Mixer, ParamAdamW,
+    ReferenceState, ScoringModel, StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
 };
 use flyt::{PoolEmbeddings, Uid};
 use serde_json::json;
@@ -25,19 +25,51 @@ pub enum Which {
     Mflyt(TrainArgs),
 }
 
+/// The reference model FLYT steps through.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReferenceMode {
+    /// Trainable projections and a logit scale over precomputed frozen embeddings (`--pool`, `--downstream`):
+    /// cheap, for CPUs and very large pools.
+    Embedding,
+    /// The CLIP towers themselves (`--model`), trained on images and captions from WebDataset shards
+    /// (`--shards`, `--down-shards`), as in the paper.
+    Full,
+}
+
 /// Arguments of `flyt train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Upstream pool: DataComp-layout directory (`<stem>.parquet` + `<stem>.npz` with `<prefix>_img`/`_txt`).
+    /// Reference mode.
+    #[arg(long, value_enum, default_value_t = ReferenceMode::Embedding)]
+    pub reference: ReferenceMode,
+    /// Embedding mode: the upstream pool, a DataComp-layout directory (`<stem>.parquet` + `<stem>.npz` with
+    /// `<prefix>_img`/`_txt`).
+    #[arg(long, required_if_eq("reference", "embedding"))]
+    pub pool: Option<PathBuf>,
+    /// Full mode: the pretrained CLIP (Hugging Face folder) that starts the reference and, frozen, gives the
+    /// scoring features [u; t].
+    #[arg(long, required_if_eq("reference", "full"))]
+    pub model: Option<PathBuf>,
+    /// Full mode: upstream WebDataset shards (image + caption), or directories of them.
     #[arg(long)]
-    pub pool: PathBuf,
+    pub shards: Vec<PathBuf>,
+    /// Full mode: labelled downstream shards (image + `cls`), or directories (repeatable: one task each).
+    #[arg(long)]
+    pub down_shards: Vec<PathBuf>,
+    /// Full mode: class names (one per line; line i is label i), one file per `--down-shards`.
+    #[arg(long)]
+    pub classnames: Vec<PathBuf>,
+    /// Full mode: prompt templates with `{c}` (one per line); default "a photo of a {c}.".
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
     /// Embedding prefix in the pool's `.npz` (default: l14, else b32, else the only pair).
     #[arg(long)]
     pub embeddings: Option<String>,
     /// Downstream task `.npz` (repeatable): `image` (M × d frozen image embeddings), `labels` (M integers),
     /// `prompts` (C × T × d frozen text embeddings of class names × templates); with a `captions` array (M × d)
     /// the task's loss is the CLIP loss of its (image, caption) pairs instead (`flyt downstream --captions`).
-    #[arg(long, required = true)]
+    /// Embedding mode.
+    #[arg(long, required_if_eq("reference", "embedding"))]
     pub downstream: Vec<PathBuf>,
     /// M-FLYT: parquet file(s) with `uid` and score columns (as `flyt scores` writes), joined on uid.
     #[arg(long)]
@@ -222,13 +254,20 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Mflyt(a) => (a, true),
     };
     let dev = device(&a.device)?;
+    if a.reference == ReferenceMode::Full {
+        return run_full(a, mflyt, dev);
+    }
+    let pool_dir = a.pool.clone().context("--pool is needed in embedding mode")?;
+    if a.downstream.is_empty() {
+        bail!("embedding mode needs --downstream task.npz (made by flyt downstream)");
+    }
     let emb = match &a.embeddings {
         Some(p) => PoolEmbeddings::Prefix(p.clone()),
         None => PoolEmbeddings::Auto,
     };
-    let pool = flyt::read_pool(&a.pool, &emb)?;
+    let pool = flyt::read_pool(&pool_dir, &emb)?;
     if pool.rows.is_empty() {
-        bail!("{}: the pool has no rows", a.pool.display());
+        bail!("{}: the pool has no rows", pool_dir.display());
     }
     let dim = pool.dim;
     let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
@@ -275,14 +314,13 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         step: 0,
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let ckpt = a.out.join("checkpoint.safetensors");
     let meta = json!({
         "kind": if mflyt { "mflyt" } else { "flyt" },
         "mode": "embedding",
         "dim": dim,
         "ref_dim": ref_dim,
         "columns": a.columns,
-        "pool": a.pool.display().to_string(),
+        "pool": pool_dir.display().to_string(),
         "pool_files": pool.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "pool_rows": uids.len(),
         "embeddings": pool.prefix,
@@ -291,34 +329,58 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         "config": format!("{config:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
     });
+    let pool_t = UpstreamPool { image, text, features };
+    drive(&a, mflyt, scorer, &mut state, &meta, config.steps, |st, cb| {
+        train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
+    })
+}
+
+/// The part every mode shares: resume or start, run in checkpoint-sized pieces (`train` runs until its
+/// callback says stop), append losses.csv, checkpoint, draw the loss curve, report.
+fn drive<R: ReferenceState>(
+    a: &TrainArgs,
+    mflyt: bool,
+    scorer: &dyn ScoringModel,
+    state: &mut FlytState<R>,
+    meta: &serde_json::Value,
+    steps: usize,
+    mut train: impl FnMut(&mut FlytState<R>, &mut dyn FnMut(&StepLog) -> flyt::Result<bool>) -> flyt::Result<()>,
+) -> anyhow::Result<()> {
+    let ckpt = a.out.join("checkpoint.safetensors");
     let csv_path = a.out.join("losses.csv");
     if a.resume {
-        let saved = load_checkpoint(&ckpt, scorer, &mut state)?;
-        if saved.get("kind") != meta.get("kind") || saved.get("dim") != meta.get("dim") {
-            bail!("{}: a {} checkpoint cannot resume this {} run", ckpt.display(), saved["kind"], meta["kind"]);
+        let saved = load_checkpoint(&ckpt, scorer, state)?;
+        for key in ["kind", "mode", "dim"] {
+            if saved.get(key) != meta.get(key) {
+                bail!(
+                    "{}: its {key} is {}, this run's is {}: it cannot be resumed here",
+                    ckpt.display(),
+                    saved[key],
+                    meta[key]
+                );
+            }
         }
-        eprintln!("flyt: resuming at step {} of {}", state.step, config.steps);
+        eprintln!("flyt: resuming at step {} of {steps}", state.step);
     } else if ckpt.exists() {
         bail!("{} exists: pass --resume to continue it, or choose another --out", ckpt.display());
     } else {
         std::fs::write(&csv_path, "step,up_loss,down_loss,ref_grad_norm,score_grad_norm,ref_lr,score_lr\n")?;
     }
     let mut csv = std::fs::OpenOptions::new().append(true).create(true).open(&csv_path)?;
-    let pool_t = UpstreamPool { image, text, features };
-    let pb = progress(config.steps as u64, if mflyt { "mflyt" } else { "flyt" });
+    let pb = progress(steps as u64, if mflyt { "mflyt" } else { "flyt" });
     pb.set_position(state.step as u64);
     let start = Instant::now();
     let first = state.step;
     let every = a.checkpoint_every.max(1);
     let mut last: Option<StepLog> = None;
-    let stop = a.stop_after.map_or(config.steps, |n| (first + n).min(config.steps));
+    let stop = a.stop_after.map_or(steps, |n| (first + n).min(steps));
     while state.step < stop {
         let mut rows = Vec::new();
-        train_flyt(scorer, &mut state, &pool_t, &tasks, &config, |l| {
+        train(state, &mut |l: &StepLog| {
             rows.push(l.clone());
             pb.set_message(format!("up {:.4} down {:.4}", l.up_loss, l.down_loss));
             pb.inc(1);
-            Ok((l.step + 1) % every != 0 && l.step + 1 < stop)
+            Ok(!(l.step + 1).is_multiple_of(every) && l.step + 1 < stop)
         })?;
         for r in &rows {
             writeln!(
@@ -328,7 +390,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             )?;
         }
         csv.flush()?;
-        save_checkpoint(&ckpt, scorer, &state, &meta)?;
+        save_checkpoint(&ckpt, scorer, state, meta)?;
         last = rows.last().cloned().or(last);
     }
     pb.finish_and_clear();
@@ -348,9 +410,162 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             show(&csv_path),
             show(&plot)
         ),
-        None => println!("nothing to do: {} is at step {} of {}", show(&ckpt), state.step, config.steps),
+        None => println!("nothing to do: {} is at step {} of {steps}", show(&ckpt), state.step),
     }
     Ok(())
+}
+
+/// Full mode: the CLIP towers as the reference over WebDataset shards.
+fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
+    use flyt::clip::{ClipConfig, ClipTokenizer, Embedder, EmbedderConfig, preprocess};
+    use flyt::train::{FullPool, FullReference, FullTask, train_flyt_full};
+    let model_dir = a.model.clone().context("--model is needed in full mode")?;
+    if a.shards.is_empty() || a.down_shards.is_empty() {
+        bail!("full mode needs --shards (upstream) and --down-shards (labelled downstream)");
+    }
+    if a.classnames.len() != a.down_shards.len() {
+        bail!("give one --classnames file per --down-shards ({} and {})", a.classnames.len(), a.down_shards.len());
+    }
+    let config = ClipConfig::from_file(model_dir.join("config.json"))?;
+    let crop = config.vision_config.image_size as usize;
+    let tokenizer = ClipTokenizer::from_hf_dir(&model_dir)?;
+    let embedder = Embedder::load(&model_dir, EmbedderConfig { device: dev, ..Default::default() })?;
+    let dim = embedder.dim();
+    // upstream: the frozen CLIP's [u; t] for the scoring model, preprocessed images and caption tokens
+    let mut images = Vec::new();
+    let mut captions = Vec::new();
+    let mut uids = Vec::new();
+    let mut feats_img = Vec::new();
+    let mut feats_txt = Vec::new();
+    let mut rejected = 0usize;
+    for shard in crate::shards::expand_shards(&a.shards)? {
+        let mut reader = flyt::ShardReader::open(&shard, flyt::ReaderConfig::default())?;
+        let mut samples = Vec::new();
+        for r in reader.by_ref() {
+            match r? {
+                flyt::Record::Sample(s) => samples.push(*s),
+                flyt::Record::Rejected(_) => rejected += 1,
+            }
+        }
+        let by_key: HashMap<String, (Vec<u8>, String)> = samples
+            .iter()
+            .map(|s| (s.key.clone(), (s.image().unwrap_or_default().to_vec(), s.caption.clone().unwrap_or_default())))
+            .collect();
+        let (emb, bad) = embedder.embed(samples.into_iter());
+        rejected += bad.len();
+        for (i, (uid, key)) in emb.ids.iter().enumerate() {
+            let (bytes, caption) = &by_key[key];
+            match preprocess::preprocess(bytes, crop, crop) {
+                Ok(px) => {
+                    images.push(px);
+                    captions.push(caption.clone());
+                    uids.push(*uid);
+                    feats_img.extend_from_slice(&emb.image[i * dim..(i + 1) * dim]);
+                    feats_txt.extend_from_slice(&emb.text[i * dim..(i + 1) * dim]);
+                }
+                Err(_) => rejected += 1,
+            }
+        }
+    }
+    if images.is_empty() {
+        bail!("no upstream samples could be read");
+    }
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let ids = tokenizer.encode_batch(&refs);
+    let templates = match &a.templates {
+        Some(p) => {
+            std::fs::read_to_string(p)?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        }
+        None => vec!["a photo of a {c}.".to_string()],
+    };
+    let mut tasks = Vec::new();
+    for (dir, names) in a.down_shards.iter().zip(&a.classnames) {
+        let classes: Vec<String> = std::fs::read_to_string(names)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let (mut imgs, mut labels) = (Vec::new(), Vec::new());
+        let cfg = flyt::ReaderConfig::default().require_caption(false).require_label(true);
+        for shard in crate::shards::expand_shards(std::slice::from_ref(dir))? {
+            for r in flyt::ShardReader::open(&shard, cfg.clone())? {
+                if let flyt::Record::Sample(s) = r? {
+                    match (s.label, s.image().map(|b| preprocess::preprocess(b, crop, crop))) {
+                        (Some(l), Some(Ok(px))) if l >= 0 && (l as usize) < classes.len() => {
+                            imgs.push(px);
+                            labels.push(l);
+                        }
+                        _ => rejected += 1,
+                    }
+                }
+            }
+        }
+        if imgs.is_empty() {
+            bail!("{}: no labelled images", dir.display());
+        }
+        let texts: Vec<String> =
+            classes.iter().flat_map(|c| templates.iter().map(move |t| t.replace("{c}", c))).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let prompts = tokenizer.encode_batch(&refs).view([classes.len() as i64, templates.len() as i64, -1]);
+        tasks.push(FullTask { images: imgs, labels, prompts, captions: None });
+    }
+    let features = if mflyt {
+        matrix(&score_matrix(&a.scores, &a.columns, &uids)?, a.columns.len(), dev)
+    } else {
+        Tensor::cat(&[matrix(&feats_img, dim, dev), matrix(&feats_txt, dim, dev)], 1)
+    };
+    let vs = tch::nn::VarStore::new(dev);
+    let model = if mflyt {
+        let mut m = Mixer::new(&vs.root(), a.columns.len() as i64);
+        m.set_stats(&features);
+        m.zero_init();
+        Model::Mix(m, a.columns.clone())
+    } else {
+        tch::manual_seed(a.seed as i64);
+        let mut h = GluHead::new(&vs.root(), dim as i64);
+        if a.cos_sim_init {
+            h.cos_sim_init(0.01);
+        }
+        Model::Glu(h)
+    };
+    let scorer: &dyn ScoringModel = match &model {
+        Model::Glu(h) => h,
+        Model::Mix(m, _) => m,
+    };
+    let fc = FlytConfig {
+        steps: a.steps,
+        batch: a.batch,
+        down_batch: a.down_batch,
+        ref_lr: a.ref_lr,
+        score_lr: a.score_lr,
+        warmup: a.warmup,
+        adam: AdamW::default(),
+        inner: Inner::AdamW,
+        seed: a.seed,
+    };
+    let weights = model_dir.join("model.safetensors");
+    let reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
+    let mut state = FlytState { reference, score_opt: ParamAdamW::new(fc.adam, &scorer.named_parameters()), step: 0 };
+    if rejected > 0 {
+        eprintln!("flyt: {rejected} samples left out (rejected or unreadable)");
+    }
+    let pool = FullPool { images, ids, features };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let meta = json!({
+        "kind": if mflyt { "mflyt" } else { "flyt" },
+        "mode": "full",
+        "dim": dim,
+        "columns": a.columns,
+        "model": model_dir.display().to_string(),
+        "shards": a.shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "down_shards": a.down_shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "classnames": a.classnames.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "pool_rows": uids.len(),
+        "config": format!("{fc:?}"),
+        "flyt_version": env!("CARGO_PKG_VERSION"),
+    });
+    drive(&a, mflyt, scorer, &mut state, &meta, fc.steps, |st, cb| train_flyt_full(scorer, st, &pool, &tasks, &fc, cb))
 }
 
 /// Draws the upstream and downstream losses of `losses.csv` against the step.
@@ -383,7 +598,6 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
     let meta = &json["meta"];
     let kind = meta["kind"].as_str().unwrap_or_default().to_string();
     let dim = meta["dim"].as_u64().with_context(|| format!("{}: no meta.dim", side.display()))? as usize;
-    let ref_dim = meta["ref_dim"].as_i64().unwrap_or(dim as i64);
     let columns: Vec<String> = meta["columns"]
         .as_array()
         .map(|c| c.iter().filter_map(|x| x.as_str().map(String::from)).collect())
@@ -398,12 +612,8 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
         Model::Glu(h) => h,
         Model::Mix(m, _) => m,
     };
-    let mut state = FlytState {
-        reference: EmbeddingReference::new(dim as i64, ref_dim, 0.0, AdamW::default(), Kind::Float, dev),
-        score_opt: ParamAdamW::new(AdamW::default(), &scorer.named_parameters()),
-        step: 0,
-    };
-    load_checkpoint(&a.model, scorer, &mut state)?;
+    flyt::train::load_model(&a.model, scorer)?;
+    let step = json["step"].as_u64().unwrap_or(0);
     let emb = match (&model, meta["embeddings"].as_str()) {
         (Model::Mix(..), _) => PoolEmbeddings::None,
         (_, Some(p)) => PoolEmbeddings::Prefix(p.to_string()),
@@ -438,9 +648,8 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
         at += n;
     }
     println!(
-        "scored {} uids with the {kind} model at step {}; wrote {} files to {}",
+        "scored {} uids with the {kind} model at step {step}; wrote {} files to {}",
         uids.len(),
-        state.step,
         pool.files.len(),
         show(&a.out)
     );
