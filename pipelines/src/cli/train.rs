@@ -128,13 +128,19 @@ pub struct ScoreArgs {
     /// A checkpoint written by `flyt train` (`checkpoint.safetensors`, with its `.json`).
     #[arg(long)]
     pub model: PathBuf,
-    /// The pool to score (DataComp layout; M-FLYT also needs `--scores`).
+    /// The pool to score (DataComp layout; M-FLYT also needs `--scores`). Or give shards.
+    #[arg(long, required_unless_present = "shards")]
+    pub pool: Option<PathBuf>,
+    /// FLYT: the frozen CLIP that embeds shards given as SHARD... (default: the checkpoint's `--model`).
     #[arg(long)]
-    pub pool: PathBuf,
+    pub clip: Option<PathBuf>,
+    /// Shards (or directories) to score directly: embedded with the frozen CLIP (FLYT) or joined with
+    /// `--scores` on uid (M-FLYT); one `<shard>_scores.parquet` (uid, key, score) each.
+    pub shards: Vec<PathBuf>,
     /// M-FLYT: parquet file(s) with the model's score columns.
     #[arg(long)]
     pub scores: Vec<PathBuf>,
-    /// Output directory: `<stem>_scores.parquet` (uid, score) per pool file.
+    /// Output directory: `<stem>_scores.parquet` (uid, score) per pool file or shard.
     #[arg(long)]
     pub out: PathBuf,
     /// Device.
@@ -614,13 +620,16 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
     };
     flyt::train::load_model(&a.model, scorer)?;
     let step = json["step"].as_u64().unwrap_or(0);
+    std::fs::create_dir_all(&a.out)?;
+    let Some(pool_dir) = &a.pool else {
+        return score_shards(&a, &model, meta, dim, step, dev);
+    };
     let emb = match (&model, meta["embeddings"].as_str()) {
         (Model::Mix(..), _) => PoolEmbeddings::None,
         (_, Some(p)) => PoolEmbeddings::Prefix(p.to_string()),
         _ => PoolEmbeddings::Auto,
     };
-    std::fs::create_dir_all(&a.out)?;
-    let pool = flyt::read_pool(&a.pool, &emb)?;
+    let pool = flyt::read_pool(pool_dir, &emb)?;
     let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
     let scores: Vec<f32> = tch::no_grad(|| -> anyhow::Result<Vec<f32>> {
         let s = match &model {
@@ -653,5 +662,71 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
         pool.files.len(),
         show(&a.out)
     );
+    Ok(())
+}
+
+/// `flyt score SHARD...`: per shard, the head's scores of the frozen CLIP's embeddings (or the mixer's of the
+/// joined score columns).
+fn score_shards(
+    a: &ScoreArgs,
+    model: &Model,
+    meta: &serde_json::Value,
+    dim: usize,
+    step: u64,
+    dev: Device,
+) -> anyhow::Result<()> {
+    use flyt::clip::{Embedder, EmbedderConfig};
+    let shards = crate::shards::expand_shards(&a.shards)?;
+    let embedder = match model {
+        Model::Glu(_) => {
+            let clip = a.clip.clone().or_else(|| meta["model"].as_str().map(PathBuf::from)).context(
+                "scoring shards with a FLYT head needs the frozen CLIP: pass --clip DIR (the one the pool was embedded with)",
+            )?;
+            let e = Embedder::load(&clip, EmbedderConfig { device: dev, ..Default::default() })?;
+            if e.dim() != dim {
+                bail!("{}: {}-d embeddings, the head takes {dim}-d", clip.display(), e.dim());
+            }
+            Some(e)
+        }
+        Model::Mix(..) => None,
+    };
+    let mut total = 0;
+    for shard in &shards {
+        let stem = flyt::shard_name(shard);
+        let (ids, scores): (Vec<(Uid, String)>, Vec<f32>) = match (model, &embedder) {
+            (Model::Glu(h), Some(e)) => {
+                let mut reader = flyt::ShardReader::open(shard, flyt::ReaderConfig::default())?;
+                let samples: Vec<flyt::Sample> = reader
+                    .by_ref()
+                    .filter_map(|r| match r {
+                        Ok(flyt::Record::Sample(s)) => Some(*s),
+                        _ => None,
+                    })
+                    .collect();
+                let (emb, _) = e.embed(samples.into_iter());
+                let x = Tensor::cat(&[matrix(&emb.image, dim, dev), matrix(&emb.text, dim, dev)], 1);
+                let s = tch::no_grad(|| h.forward(&x));
+                (emb.ids, Vec::<f32>::try_from(s.to_device(Device::Cpu).to_kind(Kind::Float))?)
+            }
+            (Model::Mix(m, cols), _) => {
+                let mut reader = flyt::ShardReader::open(shard, flyt::ReaderConfig::default().require_image(false))?;
+                let ids: Vec<(Uid, String)> = reader
+                    .by_ref()
+                    .filter_map(|r| match r {
+                        Ok(flyt::Record::Sample(s)) => Some((s.uid, s.key.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let uids: Vec<Uid> = ids.iter().map(|p| p.0).collect();
+                let x = matrix(&score_matrix(&a.scores, cols, &uids)?, cols.len(), dev);
+                let s = tch::no_grad(|| m.forward(&x));
+                (ids, Vec::<f32>::try_from(s.to_device(Device::Cpu).to_kind(Kind::Float))?)
+            }
+            (Model::Glu(_), None) => bail!("no CLIP to embed the shards with"),
+        };
+        total += ids.len();
+        flyt::write_score_table(&a.out.join(format!("{stem}_scores.parquet")), &ids, &[], &[("score", &scores)])?;
+    }
+    println!("scored {total} samples of {} shards with the model at step {step}; wrote {}", shards.len(), show(&a.out));
     Ok(())
 }
