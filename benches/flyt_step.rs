@@ -5,8 +5,9 @@
 //! `cargo bench --bench flyt_step -- [BATCH] [DOWN_BATCH] [CLASSES] [DIM] [cpu|cuda]`
 //!   embedding reference mode (trainable projections over frozen embeddings); default 4096 / 3072 / 1000
 //!   classes / 512-d (the paper's batch sizes, ImageNet's classes, B/32's width).
-//! `cargo bench --bench flyt_step -- full [BATCH] [DOWN_BATCH] [CLASSES] [tiny|b32] [cpu|cuda]`
-//!   full reference mode (the CLIP towers; JVP by double backward); default 32 / 24 / 10 / tiny on CPU.
+//! `cargo bench --bench flyt_step -- full [BATCH] [DOWN_BATCH] [CLASSES] [tiny|b32] [cpu|cuda] [CHUNK]`
+//!   full reference mode (the CLIP towers; JVP by double backward); default 32 / 24 / 10 / tiny on CPU;
+//!   CHUNK runs the towers that many examples at a time (gradient caching) in both steps.
 //! Under `cargo test` each mode runs once at a tiny size as a smoke test.
 
 use std::time::Instant;
@@ -60,10 +61,14 @@ fn full_mode(bench: bool, args: &[String]) {
         .expect("tiny config"),
     };
     let side = config.vision_config.image_size;
-    println!("full mode ({arch}): upstream batch {n}, downstream batch {m}, {c} classes, device {dev:?}");
+    let chunk: Option<usize> = args.get(5).and_then(|s| s.parse().ok());
+    println!(
+        "full mode ({arch}): upstream batch {n}, downstream batch {m}, {c} classes, device {dev:?}, chunk {chunk:?}"
+    );
     tch::manual_seed(0);
     let opts = (Kind::Float, dev);
     let mut reference = FullReference::new(&config, None, AdamW::default(), Kind::Float, dev).expect("reference");
+    reference.set_chunk(chunk);
     let ids = |rows: i64| {
         let body = Tensor::randint_low(1, 40000, [rows, 76], (Kind::Int64, dev));
         Tensor::cat(&[body, Tensor::full([rows, 1], 49407, (Kind::Int64, dev))], 1)

@@ -27,7 +27,8 @@ done
 echo "== FLYT step vs plain CLIP step (issue 5), embedding mode at the paper's batch sizes"
 FLYT_BIN=flyt_step timeout 300 $B/run.sh --bench 4096 3072 1000 512 cuda
 echo "== FLYT step vs plain CLIP step, full mode, random ViT-B/32 (f32, double-backward JVP)"
-for spec in "256 192 100" "1024 768 1000"; do
+for spec in "256 192 100 -" "1024 768 1000 -" "1024 768 1000 256" "4096 3072 1000 512"; do
   set -- $spec
-  FLYT_BIN=flyt_step timeout 240 $B/run.sh --bench full "$1" "$2" "$3" b32 cuda || echo "(batch $1 failed: see above)"
+  chunk=$4; [ "$chunk" = "-" ] && chunk=""
+  FLYT_BIN=flyt_step timeout 240 $B/run.sh --bench full "$1" "$2" "$3" b32 cuda $chunk || echo "(batch $1 chunk ${chunk:-none} failed: see above)"
 done

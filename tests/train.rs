@@ -425,3 +425,67 @@ fn full_mode_training_runs_and_resumes_bit_identically() {
     let got = tch::no_grad(|| head2.forward(&pool.features));
     assert_eq!((got - want).abs().max().double_value(&[]), 0.0, "resumed full-mode run differs");
 }
+
+#[test]
+fn chunked_full_mode_lookahead_equals_the_unchunked_one() {
+    use flyt::train::{FullReference, PixelTaskBatch};
+    let _turn = torch_turn();
+    tch::manual_seed(31);
+    let mut reference = FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
+    let n = 7;
+    let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
+    let ids = token_ids(n);
+    let tasks = vec![
+        PixelTaskBatch {
+            pixels: Tensor::randn([5, 3, 8, 8], OPTS),
+            labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
+            prompts: token_ids(3),
+            captions: None,
+        },
+        PixelTaskBatch {
+            pixels: Tensor::randn([4, 3, 8, 8], OPTS),
+            labels: Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            prompts: token_ids(1),
+            captions: Some(token_ids(4)),
+        },
+    ];
+    let s = Tensor::randn([n], OPTS);
+    let first = reference.lookahead(&s, &pixels, &ids, &tasks, Inner::AdamW, 0.01).unwrap();
+    reference.apply(first, 0.01);
+    for inner in [Inner::Sgd, Inner::AdamW] {
+        reference.set_chunk(None);
+        let a = reference.lookahead(&s, &pixels, &ids, &tasks, inner, 0.05).unwrap();
+        for chunk in [1, 2, 3] {
+            reference.set_chunk(Some(chunk));
+            let b = reference.lookahead(&s, &pixels, &ids, &tasks, inner, 0.05).unwrap();
+            let dg = (&a.g_w - &b.g_w).abs().max().double_value(&[]);
+            let scale = a.g_w.abs().max().double_value(&[]);
+            assert!(dg < 1e-10 * scale.max(1.0), "{inner:?} chunk {chunk}: G differs by {dg} (scale {scale})");
+            assert!((a.up_loss - b.up_loss).abs() < 1e-12 && (a.down_loss - b.down_loss).abs() < 1e-12);
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-10 * a.grad_norm, "{} vs {}", a.grad_norm, b.grad_norm);
+        }
+    }
+}
+
+#[test]
+fn chunked_plain_clip_step_equals_the_unchunked_one() {
+    use flyt::train::FullReference;
+    let _turn = torch_turn();
+    let make = || {
+        tch::manual_seed(41);
+        FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap()
+    };
+    tch::manual_seed(42);
+    let pixels = Tensor::randn([5, 3, 8, 8], OPTS);
+    let ids = token_ids(5);
+    let (mut a, mut b) = (make(), make());
+    b.set_chunk(Some(2));
+    let (la, lb) = (a.plain_step(&pixels, &ids, 1e-2), b.plain_step(&pixels, &ids, 1e-2));
+    assert!((la - lb).abs() < 1e-12);
+    let pa = a.var_store().variables();
+    let pb = b.var_store().variables();
+    for (name, t) in &pa {
+        let d = (t - &pb[name]).abs().max().double_value(&[]);
+        assert!(d < 1e-12, "{name} differs by {d}");
+    }
+}

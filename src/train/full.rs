@@ -41,6 +41,7 @@ pub struct FullReference {
     pub opt: ParamAdamW,
     /// Adam (no decay) over ρ.
     pub rho_opt: ParamAdamW,
+    chunk: Option<i64>,
 }
 
 impl std::fmt::Debug for FullReference {
@@ -99,7 +100,15 @@ impl FullReference {
             logit_scale,
             rho: rho.set_requires_grad(true),
             rho_opt,
+            chunk: None,
         })
+    }
+
+    /// Processes every batch in chunks of at most `rows` examples (gradient caching): the towers' activations
+    /// for one chunk are alive at a time, so the upstream and downstream batches can be far larger than what fits
+    /// at once, for about one extra forward pass per tower. The result is the same as unchunked. `None`: off.
+    pub fn set_chunk(&mut self, rows: Option<usize>) {
+        self.chunk = rows.filter(|&r| r > 0).map(|r| r as i64);
     }
 
     /// The reference model (at θ).
@@ -155,6 +164,9 @@ impl FullReference {
     ) -> Result<Lookahead> {
         if tasks.is_empty() {
             return Err(Error::Config("FLYT needs at least one downstream task".into()));
+        }
+        if let Some(chunk) = self.chunk {
+            return self.lookahead_chunked(s, pixels, ids, tasks, inner, lr, chunk);
         }
         let s = s.detach();
         let w = s.softmax(0, s.kind());
@@ -224,6 +236,107 @@ impl FullReference {
         Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next, ms, vs, t), d_rho, grad_norm })
     }
 
+    /// [`FullReference::lookahead`] in chunks (gradient caching): embeddings are computed chunk by chunk
+    /// without a graph, the loss is differentiated with respect to the embeddings, and each chunk is
+    /// re-forwarded to push its share of that gradient into the parameters; the JVP is taken chunk by chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn lookahead_chunked(
+        &mut self,
+        s: &Tensor,
+        pixels: &Tensor,
+        ids: &Tensor,
+        tasks: &[PixelTaskBatch],
+        inner: Inner,
+        lr: f64,
+        chunk: i64,
+    ) -> Result<Lookahead> {
+        let ls = self.logit_scale;
+        let s = s.detach();
+        let w = s.softmax(0, s.kind());
+        let log_w = s.log_softmax(0, s.kind());
+        let others = |params: &[Tensor]| -> Vec<Tensor> {
+            params.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, p)| p.shallow_clone()).collect()
+        };
+        // (i) g at θ
+        let (u, v) = {
+            let m = &self.model;
+            (no_graph(pixels, chunk, |x| image_embed(m, x)), no_graph(ids, chunk, |x| text_embed(m, x)))
+        };
+        let ul = u.detach().set_requires_grad(true);
+        let vl = v.detach().set_requires_grad(true);
+        let tau_leaf = &self.params[ls];
+        let up = weighted_clip_loss(&(ul.matmul(&vl.transpose(0, 1)) * tau_leaf.exp()), &log_w);
+        let up_loss = up.double_value(&[]);
+        let mut d = Tensor::run_backward(&[&up], &[&ul, &vl, tau_leaf], false, false);
+        let d_tau = d.pop().expect("logit scale gradient");
+        let (du_loss, dv_loss) = (&d[0], &d[1]);
+        let ps = others(&self.params);
+        let mut acc: Vec<Tensor> = ps.iter().map(|p| p.zeros_like()).collect();
+        backprop_chunks(pixels, du_loss, chunk, |x| image_embed(&self.model, x), &ps, &mut acc);
+        backprop_chunks(ids, dv_loss, chunk, |x| text_embed(&self.model, x), &ps, &mut acc);
+        let mut grads = acc;
+        grads.insert(ls, d_tau);
+        let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        // (ii) θ' and the step's Jacobian
+        let (mut next, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
+        let (lo, hi) = LOGIT_SCALE_RANGE;
+        next[ls] = next[ls].clamp(lo, hi);
+        // (iii) ∇ L_down at θ' on the shadow model, through embedding leaves
+        tch::no_grad(|| {
+            for (sp, n) in self.shadow_params.iter_mut().zip(&next) {
+                sp.copy_(n);
+            }
+        });
+        let rho = self.rho.detach().set_requires_grad(true);
+        let mut leaves = Vec::new();
+        let mut total: Option<Tensor> = None;
+        for task in tasks {
+            let sh = &self.shadow;
+            let img = no_graph(&task.pixels, chunk, |x| image_embed(sh, x)).set_requires_grad(true);
+            let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
+            let txt = no_graph(text_in, chunk, |x| text_embed(sh, x)).set_requires_grad(true);
+            let logits = img.matmul(&txt.transpose(0, 1)) * rho.exp();
+            let ce = match task.captions {
+                Some(_) => super::loss::clip_loss(&logits),
+                None => -logits
+                    .log_softmax(1, logits.kind())
+                    .gather(1, &task.labels.unsqueeze(1), false)
+                    .mean(logits.kind()),
+            };
+            total = Some(match total {
+                None => ce,
+                Some(x) => x + ce,
+            });
+            leaves.push((img, txt));
+        }
+        let down = total.expect("at least one task") / tasks.len() as f64;
+        let down_loss = down.double_value(&[]);
+        let mut inputs: Vec<&Tensor> = leaves.iter().flat_map(|(a, b)| [a, b]).collect();
+        inputs.push(&rho);
+        let mut dl = Tensor::run_backward(&[&down], &inputs, false, false);
+        let d_rho = dl.pop().expect("rho gradient");
+        let sps = others(&self.shadow_params);
+        let mut dg: Vec<Tensor> = sps.iter().map(|p| p.zeros_like()).collect();
+        for (k, task) in tasks.iter().enumerate() {
+            let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
+            backprop_chunks(&task.pixels, &dl[2 * k], chunk, |x| image_embed(&self.shadow, x), &sps, &mut dg);
+            backprop_chunks(text_in, &dl[2 * k + 1], chunk, |x| text_embed(&self.shadow, x), &sps, &mut dg);
+        }
+        // (iv) v = (∂θ'/∂g) ⊙ ∇_{θ'} L_down, the reference logit scale's entry dropped
+        let jac_others = others(&jac);
+        let dir: Vec<Tensor> = jac_others.iter().zip(&dg).map(|(j, g)| j * g).collect();
+        // (v) the JVP of (U, V) along v, chunk by chunk, by double backward
+        let du = jvp_chunks(pixels, chunk, |x| image_embed(&self.model, x), &ps, &dir);
+        let dv = jvp_chunks(ids, chunk, |x| text_embed(&self.model, x), &ps, &dir);
+        let _ng = tch::no_grad_guard();
+        let tau = self.params[ls].detach().exp();
+        let l0 = u.matmul(&v.transpose(0, 1)) * &tau;
+        let dlog = (du.matmul(&v.transpose(0, 1)) + u.matmul(&dv.transpose(0, 1))) * &tau;
+        // (vi) G and ∂L_down/∂s
+        let (g_w, g_s) = weight_and_score_gradients(&l0, &dlog, &w);
+        Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next, ms, vs, t), d_rho, grad_norm })
+    }
+
     /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
     pub fn apply(&mut self, look: Lookahead, lr: f64) {
         let (next, m, v, t) = look.next;
@@ -238,12 +351,31 @@ impl FullReference {
 
     /// One plain CLIP training step (standard loss, AdamW at `lr`): the baseline FLYT's cost is compared to.
     pub fn plain_step(&mut self, pixels: &Tensor, ids: &Tensor, lr: f64) -> f64 {
-        let u = l2_normalize(&self.model.image_features(pixels));
-        let v = l2_normalize(&self.model.text_features(ids));
-        let logits = u.matmul(&v.transpose(0, 1)) * self.params[self.logit_scale].exp();
-        let loss = super::loss::clip_loss(&logits);
-        let value = loss.double_value(&[]);
-        let grads = Tensor::run_backward(&[&loss], &self.params, false, false);
+        let ls = self.logit_scale;
+        let (value, grads) = match self.chunk {
+            None => {
+                let u = l2_normalize(&self.model.image_features(pixels));
+                let v = l2_normalize(&self.model.text_features(ids));
+                let loss = super::loss::clip_loss(&(u.matmul(&v.transpose(0, 1)) * self.params[ls].exp()));
+                (loss.double_value(&[]), Tensor::run_backward(&[&loss], &self.params, false, false))
+            }
+            Some(chunk) => {
+                // gradient caching, as in the chunked lookahead
+                let m = &self.model;
+                let u = no_graph(pixels, chunk, |x| image_embed(m, x)).set_requires_grad(true);
+                let v = no_graph(ids, chunk, |x| text_embed(m, x)).set_requires_grad(true);
+                let loss = super::loss::clip_loss(&(u.matmul(&v.transpose(0, 1)) * self.params[ls].exp()));
+                let mut d = Tensor::run_backward(&[&loss], &[&u, &v, &self.params[ls]], false, false);
+                let d_tau = d.pop().expect("logit scale gradient");
+                let ps: Vec<Tensor> =
+                    self.params.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, p)| p.shallow_clone()).collect();
+                let mut acc: Vec<Tensor> = ps.iter().map(|p| p.zeros_like()).collect();
+                backprop_chunks(pixels, &d[0], chunk, |x| image_embed(m, x), &ps, &mut acc);
+                backprop_chunks(ids, &d[1], chunk, |x| text_embed(m, x), &ps, &mut acc);
+                acc.insert(ls, d_tau);
+                (loss.double_value(&[]), acc)
+            }
+        };
         let mut params: Vec<Tensor> = self.params.iter().map(|p| p.shallow_clone()).collect();
         self.opt.step(&mut params, &grads, lr);
         let (lo, hi) = LOGIT_SCALE_RANGE;
@@ -375,4 +507,69 @@ pub fn train_flyt_full(
         }
     }
     Ok(())
+}
+
+fn image_embed(model: &Clip, x: &Tensor) -> Tensor {
+    l2_normalize(&model.image_features(x))
+}
+
+fn text_embed(model: &Clip, x: &Tensor) -> Tensor {
+    l2_normalize(&model.text_features(x))
+}
+
+/// f over the rows of `x` in chunks, without a graph.
+fn no_graph(x: &Tensor, chunk: i64, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+    tch::no_grad(|| Tensor::cat(&x.split(chunk, 0).iter().map(&f).collect::<Vec<_>>(), 0))
+}
+
+/// Adds Σ_chunks ∂⟨f(x_c), g_c⟩/∂p to `acc` for each parameter p of `ps` (one chunk's graph at a time;
+/// parameters a chunk does not reach get nothing).
+fn backprop_chunks(
+    x: &Tensor,
+    g: &Tensor,
+    chunk: i64,
+    f: impl Fn(&Tensor) -> Tensor,
+    ps: &[Tensor],
+    acc: &mut [Tensor],
+) {
+    for (xc, gc) in x.split(chunk, 0).iter().zip(g.split(chunk, 0).iter()) {
+        let y = f(xc);
+        let obj = (&y * gc).sum(y.kind());
+        let grads = Tensor::run_backward(&[&obj], ps, false, false);
+        let _ng = tch::no_grad_guard();
+        for (a, gr) in acc.iter_mut().zip(grads) {
+            if gr.defined() {
+                let _ = a.g_add_(&gr);
+            }
+        }
+    }
+}
+
+/// The JVP of f along the parameter direction `dir` (one tensor per parameter of `ps`), chunk by chunk:
+/// J v = ∂/∂r ⟨Jᵀ r, v⟩ by double backward.
+fn jvp_chunks(x: &Tensor, chunk: i64, f: impl Fn(&Tensor) -> Tensor, ps: &[Tensor], dir: &[Tensor]) -> Tensor {
+    let parts: Vec<Tensor> = x
+        .split(chunk, 0)
+        .iter()
+        .map(|xc| {
+            let y = f(xc);
+            let r = y.zeros_like().detach().set_requires_grad(true);
+            let vjp = Tensor::run_backward(&[(&y * &r).sum(y.kind())], ps, false, true);
+            let mut ip: Option<Tensor> = None;
+            for (g, d) in vjp.iter().zip(dir) {
+                if g.defined() {
+                    let term = (g * d).sum(g.kind());
+                    ip = Some(match ip {
+                        None => term,
+                        Some(t) => t + term,
+                    });
+                }
+            }
+            match ip {
+                Some(ip) => Tensor::run_backward(&[&ip], &[&r], false, false).remove(0),
+                None => y.zeros_like().detach(),
+            }
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
 }

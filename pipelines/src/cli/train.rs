@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// Full mode: prompt templates with `{c}` (one per line); default "a photo of a {c}.".
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// Full mode: run the towers on at most this many examples at a time (gradient caching: same result,
+    /// bounded activation memory, about one extra forward pass), so large batches fit one GPU.
+    #[arg(long)]
+    pub chunk: Option<usize>,
     /// Embedding prefix in the pool's `.npz` (default: l14, else b32, else the only pair).
     #[arg(long)]
     pub embeddings: Option<String>,
@@ -551,7 +555,8 @@ fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let weights = model_dir.join("model.safetensors");
-    let reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
+    let mut reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
+    reference.set_chunk(a.chunk);
     let mut state = FlytState { reference, score_opt: ParamAdamW::new(fc.adam, &scorer.named_parameters()), step: 0 };
     if rejected > 0 {
         eprintln!("flyt: {rejected} samples left out (rejected or unreadable)");
