@@ -4,7 +4,8 @@
 #   ./x gpu-bundle, then on the GPU machine: gpu-bundle/run.sh doctor
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p flyt-pipelines --bin flyt
+# without language detection: lingua's model data would put the binary over the carry limit
+cargo build --release -p flyt-pipelines --bin flyt --no-default-features
 bench=$(cargo bench --bench flyt_step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 rm -rf gpu-bundle
 mkdir -p gpu-bundle

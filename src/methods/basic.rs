@@ -1,7 +1,9 @@
 //! DataComp's basic-filter features: caption length, image size and aspect ratio, English detection.
 
+#[cfg(feature = "language-detection")]
 use std::sync::OnceLock;
 
+#[cfg(feature = "language-detection")]
 fn detector() -> &'static lingua::LanguageDetector {
     static DETECTOR: OnceLock<lingua::LanguageDetector> = OnceLock::new();
     DETECTOR.get_or_init(|| lingua::LanguageDetectorBuilder::from_all_languages().build())
@@ -10,7 +12,9 @@ fn detector() -> &'static lingua::LanguageDetector {
 /// Whether a caption is English, by the `lingua` language identifier (n-gram models of 22 common web
 /// languages; DataComp uses fasttext's `lid.176`, which no registry ships here). Newlines count as spaces;
 /// an empty caption is not English. lingua was chosen over the faster `whatlang` because whatlang calls short
-/// French captions English (checked: "une photo d'une robe rouge sur une table blanche").
+/// French captions English (checked: "une photo d'une robe rouge sur une table blanche"). Built without the
+/// `language-detection` feature, a coarse heuristic decides instead: mostly ASCII letters and at least one
+/// common English word, or several words all ASCII.
 ///
 /// ```
 /// assert!(flyt::methods::is_english("a photo of a red sandal on a white background"));
@@ -18,11 +22,11 @@ fn detector() -> &'static lingua::LanguageDetector {
 /// assert!(!flyt::methods::is_english("白い背景の赤いサンダル"));
 /// ```
 pub fn is_english(caption: &str) -> bool {
-    let text = caption.replace('\n', " ");
-    !text.trim().is_empty() && detector().detect_language_of(&text) == Some(lingua::Language::English)
+    english_flags(&[Some(caption)])[0]
 }
 
 /// [`is_english`] of many captions, in parallel.
+#[cfg(feature = "language-detection")]
 pub fn english_flags(captions: &[Option<&str>]) -> Vec<bool> {
     let texts: Vec<String> = captions.iter().map(|c| c.unwrap_or("").replace('\n', " ")).collect();
     detector()
@@ -30,6 +34,27 @@ pub fn english_flags(captions: &[Option<&str>]) -> Vec<bool> {
         .into_iter()
         .zip(&texts)
         .map(|(l, t)| !t.trim().is_empty() && l == Some(lingua::Language::English))
+        .collect()
+}
+
+/// [`is_english`] of many captions (the coarse heuristic: this build has no `language-detection`).
+#[cfg(not(feature = "language-detection"))]
+pub fn english_flags(captions: &[Option<&str>]) -> Vec<bool> {
+    const COMMON: [&str; 24] = [
+        "the", "a", "an", "of", "and", "in", "on", "with", "for", "to", "is", "at", "by", "from", "this", "photo",
+        "image", "picture", "red", "white", "black", "new", "man", "woman",
+    ];
+    captions
+        .iter()
+        .map(|c| {
+            let c = c.unwrap_or("");
+            let letters = c.chars().filter(|ch| ch.is_alphabetic()).count();
+            let ascii = c.chars().filter(|ch| ch.is_ascii_alphabetic()).count();
+            let words: Vec<String> = c.split_whitespace().map(|w| w.to_lowercase()).collect();
+            let common =
+                words.iter().filter(|w| COMMON.contains(&w.trim_matches(|ch: char| !ch.is_alphanumeric()))).count();
+            letters > 0 && ascii * 10 >= letters * 9 && common * 5 >= words.len().max(1)
+        })
         .collect()
 }
 

@@ -730,7 +730,7 @@ fn score_shards(
             (Model::Glu(_), None) => bail!("no CLIP to embed the shards with"),
         };
         total += ids.len();
-        flyt::write_score_table(&a.out.join(format!("{stem}_scores.parquet")), &ids, &[], &[("score", &scores)])?;
+        flyt::write_score_table(a.out.join(format!("{stem}_scores.parquet")), &ids, &[], &[("score", &scores)])?;
     }
     println!("scored {total} samples of {} shards with the model at step {step}; wrote {}", shards.len(), show(&a.out));
     Ok(())
