@@ -121,6 +121,7 @@ fn train_flyt_resume_and_score() {
     ok(flyt(&args, d));
     let side = std::fs::read_to_string(d.join("b/checkpoint.json")).unwrap();
     assert!(side.contains("\"step\": 70"), "{side}");
+    assert!(side.contains("\"inputs\"") && side.contains("task.npz") && side.contains("\"bytes\""), "{side}");
     let refused = flyt(&args, d);
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--resume"));
     args.push("--resume");

@@ -338,6 +338,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         "scores": a.scores.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "config": format!("{config:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
+        "inputs": input_versions(&[&[pool_dir.clone()][..], &a.downstream, &a.scores].concat()),
     });
     let pool_t = UpstreamPool { image, text, features };
     drive(&a, mflyt, scorer, &mut state, &meta, config.steps, |st, cb| {
@@ -575,8 +576,37 @@ fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
         "pool_rows": uids.len(),
         "config": format!("{fc:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
+        "inputs": input_versions(&[&a.shards[..], &a.down_shards, &a.classnames, &a.scores, &[model_dir.join("model.safetensors")]].concat()),
     });
     drive(&a, mflyt, scorer, &mut state, &meta, fc.steps, |st, cb| train_flyt_full(scorer, st, &pool, &tasks, &fc, cb))
+}
+
+/// The version of each input file (size and modification time; directories list their files), for the
+/// checkpoint's sidecar: a resumed or scored run can tell when its inputs changed.
+fn input_versions(paths: &[PathBuf]) -> serde_json::Value {
+    let mut out = Vec::new();
+    let mut add = |p: &Path| {
+        if let Ok(m) = std::fs::metadata(p) {
+            let modified =
+                m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+            out.push(json!({"path": p.display().to_string(), "bytes": m.len(), "modified": modified}));
+        }
+    };
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file())
+                .collect();
+            files.sort();
+            files.iter().for_each(|f| add(f));
+        } else {
+            add(p);
+        }
+    }
+    serde_json::Value::Array(out)
 }
 
 /// Draws the upstream and downstream losses of `losses.csv` against the step.
