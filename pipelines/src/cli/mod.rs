@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Embed shards' images and captions with a CLIP model: per shard, `.npz` embeddings and a `.parquet` of
-    /// (uid, key, CLIP score). Resumable.
+    /// (uid, key, text, original size, CLIP score), a DataComp-style pool. Resumable.
     Embed(embed::Args),
     /// Embed a labelled WebDataset (`cls`) and its class names × templates with a frozen CLIP into a FLYT
     /// downstream task `.npz` (image, labels, prompts) for `flyt train`.
@@ -49,10 +49,12 @@ pub enum Command {
     /// Sample the training subset from scores: SCS (exact or in rounds), HCS or top-k; writes a DataComp subset.
     Sample(sample::Args),
     /// Train a FLYT scoring head (`flyt`) or an M-FLYT score mixer (`mflyt`) with the one-step-lookahead
-    /// hypergradient from downstream tasks (embedding reference mode: over precomputed CLIP embeddings).
+    /// hypergradient from downstream tasks (reference: projections over precomputed embeddings, or the CLIP
+    /// towers over shards).
     #[command(subcommand)]
     Train(train::Which),
-    /// Score a pool with a trained FLYT / M-FLYT checkpoint: `<stem>_scores.parquet` (uid, score) per file.
+    /// Score a pool or shards with a trained FLYT / M-FLYT checkpoint: `<stem>_scores.parquet` (uid, key, score)
+    /// per pool file or shard.
     Score(train::ScoreArgs),
     /// Write a synthetic pool of shards in img2dataset's layout (for trying flyt out and for benchmarks).
     Synth(synth::Args),
