@@ -27,8 +27,13 @@ done
 echo "== FLYT step vs plain CLIP step (issue 5), embedding mode at the paper's batch sizes"
 FLYT_BIN=flyt_step timeout 300 $B/run.sh --bench 4096 3072 1000 512 cuda
 echo "== FLYT step vs plain CLIP step, full mode, random ViT-B/32 (f32, double-backward JVP)"
+# peak GPU memory: nvidia-smi sampled every 100 ms while each run lasts (tch exposes no allocator statistics)
 for spec in "256 192 100 -" "1024 768 1000 -" "1024 768 1000 256" "4096 3072 1000 512"; do
   set -- $spec
   chunk=$4; [ "$chunk" = "-" ] && chunk=""
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/mem.txt" 2>/dev/null &
+  smi=$!
   FLYT_BIN=flyt_step timeout 240 $B/run.sh --bench full "$1" "$2" "$3" b32 cuda $chunk || echo "(batch $1 chunk ${chunk:-none} failed: see above)"
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  echo "peak GPU memory (batch $1, chunk ${chunk:-none}): $(sort -n "$OUT/mem.txt" | tail -1) MiB"
 done
