@@ -7,6 +7,7 @@ use super::adamw::{AdamW, adamw_jacobian};
 use super::loss::weighted_clip_loss;
 use super::mixed::weight_gradient;
 use super::optim::ParamAdamW;
+use crate::clip::l2_normalize;
 use crate::{Error, Result};
 
 /// The inner (reference) step the lookahead differentiates through.
@@ -65,10 +66,6 @@ pub struct Lookahead {
     pub(crate) d_rho: Tensor,
     /// Norm of the reference gradient g.
     pub grad_norm: f64,
-}
-
-fn normalize(a: &Tensor) -> Tensor {
-    a / a.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
 }
 
 /// u = a/‖a‖ and its directional derivative along da: (da − u⟨u, da⟩)/‖a‖.
@@ -140,12 +137,12 @@ impl EmbeddingReference {
 
     /// Normalised image embeddings under `params`.
     pub fn encode_image(params: &[Tensor], x: &Tensor) -> Tensor {
-        normalize(&x.matmul(&params[0].transpose(0, 1)))
+        l2_normalize(&x.matmul(&params[0].transpose(0, 1)))
     }
 
     /// Normalised text embeddings under `params`.
     pub fn encode_text(params: &[Tensor], x: &Tensor) -> Tensor {
-        normalize(&x.matmul(&params[1].transpose(0, 1)))
+        l2_normalize(&x.matmul(&params[1].transpose(0, 1)))
     }
 
     /// Mean over tasks of the prompt classifier's cross-entropy, logits exp(ρ)·⟨image, class⟩ built from

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use flyt::clip::l2_normalize;
 use flyt::train::{
     AdamW, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Inner, Mixer, ParamAdamW,
     ReferenceState, ScoringModel, StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
@@ -169,10 +170,6 @@ fn matrix(data: &[f32], dim: usize, dev: Device) -> Tensor {
     Tensor::from_slice(data).view([(data.len() / dim.max(1)) as i64, dim as i64]).to_device(dev)
 }
 
-fn normalize(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
-}
-
 /// Score columns for the pool's uids from parquet files; every uid needs every column.
 fn score_matrix(files: &[PathBuf], columns: &[String], uids: &[Uid]) -> anyhow::Result<Vec<f32>> {
     if columns.is_empty() {
@@ -236,9 +233,9 @@ fn read_task(path: &Path, dim: usize, dev: Device) -> anyhow::Result<DownstreamT
         a.to_f32().with_context(|| format!("{}: {k} is not a float array", path.display()))
     };
     Ok(DownstreamTask {
-        image: normalize(&matrix(&f(img, "image")?, d, dev)),
+        image: l2_normalize(&matrix(&f(img, "image")?, d, dev)),
         labels: Tensor::from_slice(&labels).to_device(dev),
-        prompts: normalize(&Tensor::from_slice(&f(prompts, "prompts")?).view([c as i64, t as i64, d as i64]))
+        prompts: l2_normalize(&Tensor::from_slice(&f(prompts, "prompts")?).view([c as i64, t as i64, d as i64]))
             .to_device(dev),
         captions: match arrays.get("captions") {
             None => None,
@@ -246,7 +243,7 @@ fn read_task(path: &Path, dim: usize, dev: Device) -> anyhow::Result<DownstreamT
                 if c.shape != [m, d] {
                     bail!("{}: captions must be M × d like image, shape is {:?}", path.display(), c.shape);
                 }
-                Some(normalize(&matrix(&f(c, "captions")?, d, dev)))
+                Some(l2_normalize(&matrix(&f(c, "captions")?, d, dev)))
             }
         },
     })
@@ -281,8 +278,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     }
     let dim = pool.dim;
     let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
-    let image = normalize(&matrix(&pool.image, dim, dev));
-    let text = normalize(&matrix(&pool.text, dim, dev));
+    let image = l2_normalize(&matrix(&pool.image, dim, dev));
+    let text = l2_normalize(&matrix(&pool.text, dim, dev));
     let tasks: Vec<DownstreamTask> =
         a.downstream.iter().map(|p| read_task(p, dim, dev)).collect::<anyhow::Result<_>>()?;
     let vs = tch::nn::VarStore::new(dev);
@@ -673,7 +670,7 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
                     bail!("the pool's embeddings are {}-d, the model's {dim}-d", pool.dim);
                 }
                 let x = Tensor::cat(
-                    &[normalize(&matrix(&pool.image, dim, dev)), normalize(&matrix(&pool.text, dim, dev))],
+                    &[l2_normalize(&matrix(&pool.image, dim, dev)), l2_normalize(&matrix(&pool.text, dim, dev))],
                     1,
                 );
                 h.forward(&x)
