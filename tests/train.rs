@@ -323,30 +323,36 @@ fn token_ids(rows: i64) -> Tensor {
     Tensor::cat(&[body, Tensor::full([rows, 1], 99, (Kind::Int64, Device::Cpu))], 1)
 }
 
-#[test]
-fn hypergradient_matches_finite_differences_full_mode() {
-    use flyt::train::{FullReference, PixelTaskBatch};
-    let _turn = torch_turn();
-    tch::manual_seed(21);
-    let mut reference = FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
-    let n = 6;
-    let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
-    let ids = token_ids(n);
-    let tasks = vec![
+/// Two downstream tasks of random 8-px images: a 3-class prompt classifier, and one scored by the downstream
+/// CLIP loss over captions (notes §2.4 (b)).
+fn pixel_tasks() -> Vec<flyt::train::PixelTaskBatch> {
+    use flyt::train::PixelTaskBatch;
+    vec![
         PixelTaskBatch {
             pixels: Tensor::randn([5, 3, 8, 8], OPTS),
             labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
             prompts: token_ids(3),
             captions: None,
         },
-        // the downstream CLIP loss (notes §2.4 (b)) on a second task
         PixelTaskBatch {
             pixels: Tensor::randn([4, 3, 8, 8], OPTS),
             labels: Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
             prompts: token_ids(1),
             captions: Some(token_ids(4)),
         },
-    ];
+    ]
+}
+
+#[test]
+fn hypergradient_matches_finite_differences_full_mode() {
+    use flyt::train::FullReference;
+    let _turn = torch_turn();
+    tch::manual_seed(21);
+    let mut reference = FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
+    let n = 6;
+    let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
+    let ids = token_ids(n);
+    let tasks = pixel_tasks();
     let s = Tensor::randn([n], OPTS);
     for (inner, lr) in [(Inner::Sgd, 0.5), (Inner::AdamW, 0.01)] {
         if inner == Inner::AdamW {
@@ -428,27 +434,14 @@ fn full_mode_training_runs_and_resumes_bit_identically() {
 
 #[test]
 fn chunked_full_mode_lookahead_equals_the_unchunked_one() {
-    use flyt::train::{FullReference, PixelTaskBatch};
+    use flyt::train::FullReference;
     let _turn = torch_turn();
     tch::manual_seed(31);
     let mut reference = FullReference::new(&tiny_clip(), None, AdamW::default(), Kind::Double, Device::Cpu).unwrap();
     let n = 7;
     let pixels = Tensor::randn([n, 3, 8, 8], OPTS);
     let ids = token_ids(n);
-    let tasks = vec![
-        PixelTaskBatch {
-            pixels: Tensor::randn([5, 3, 8, 8], OPTS),
-            labels: Tensor::from_slice(&[0i64, 1, 2, 0, 1]),
-            prompts: token_ids(3),
-            captions: None,
-        },
-        PixelTaskBatch {
-            pixels: Tensor::randn([4, 3, 8, 8], OPTS),
-            labels: Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
-            prompts: token_ids(1),
-            captions: Some(token_ids(4)),
-        },
-    ];
+    let tasks = pixel_tasks();
     let s = Tensor::randn([n], OPTS);
     let first = reference.lookahead(&s, &pixels, &ids, &tasks, Inner::AdamW, 0.01).unwrap();
     reference.apply(first, 0.01);

@@ -152,17 +152,8 @@ impl EmbeddingReference {
         let mut total: Option<Tensor> = None;
         for t in tasks {
             let img = Self::encode_image(params, &t.image);
-            let ce = match &t.captions {
-                Some(c) => {
-                    let cap = Self::encode_text(params, c);
-                    super::loss::clip_loss(&(img.matmul(&cap.transpose(0, 1)) * rho.exp()))
-                }
-                None => {
-                    let cls = Self::encode_text(params, &t.prompts);
-                    let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
-                    -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind())
-                }
-            };
+            let txt = Self::encode_text(params, t.captions.as_ref().unwrap_or(&t.prompts));
+            let ce = super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho);
             total = Some(match total {
                 None => ce,
                 Some(x) => x + ce,

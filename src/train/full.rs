@@ -129,18 +129,9 @@ impl FullReference {
     fn downstream_loss(model: &Clip, rho: &Tensor, tasks: &[PixelTaskBatch]) -> Tensor {
         let mut total: Option<Tensor> = None;
         for t in tasks {
-            let img = l2_normalize(&model.image_features(&t.pixels));
-            let ce = match &t.captions {
-                Some(c) => {
-                    let cap = l2_normalize(&model.text_features(c));
-                    super::loss::clip_loss(&(img.matmul(&cap.transpose(0, 1)) * rho.exp()))
-                }
-                None => {
-                    let cls = l2_normalize(&model.text_features(&t.prompts));
-                    let logits = img.matmul(&cls.transpose(0, 1)) * rho.exp();
-                    -logits.log_softmax(1, logits.kind()).gather(1, &t.labels.unsqueeze(1), false).mean(logits.kind())
-                }
-            };
+            let img = image_embed(model, &t.pixels);
+            let txt = text_embed(model, t.captions.as_ref().unwrap_or(&t.prompts));
+            let ce = super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho);
             total = Some(match total {
                 None => ce,
                 Some(x) => x + ce,
@@ -295,14 +286,7 @@ impl FullReference {
             let img = no_graph(&task.pixels, chunk, |x| image_embed(sh, x)).set_requires_grad(true);
             let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
             let txt = no_graph(text_in, chunk, |x| text_embed(sh, x)).set_requires_grad(true);
-            let logits = img.matmul(&txt.transpose(0, 1)) * rho.exp();
-            let ce = match task.captions {
-                Some(_) => super::loss::clip_loss(&logits),
-                None => -logits
-                    .log_softmax(1, logits.kind())
-                    .gather(1, &task.labels.unsqueeze(1), false)
-                    .mean(logits.kind()),
-            };
+            let ce = super::loss::downstream_task_loss(&img, &txt, &task.labels, task.captions.is_some(), &rho);
             total = Some(match total {
                 None => ce,
                 Some(x) => x + ce,
@@ -399,6 +383,9 @@ impl super::trainer::ReferenceState for FullReference {
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
         (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
     }
+    fn apply(&mut self, look: Lookahead, lr: f64) {
+        FullReference::apply(self, look, lr)
+    }
 }
 
 /// The upstream pool in full mode: preprocessed images (`crop × crop × 3` bytes each, decoded once), caption
@@ -438,7 +425,7 @@ pub fn train_flyt_full(
     config: &super::FlytConfig,
     mut on_step: impl FnMut(&super::StepLog) -> Result<bool>,
 ) -> Result<()> {
-    use super::trainer::{draw, scoring_step, step_rng};
+    use super::trainer::{draw, finish_step, step_rng};
     let p = pool.images.len();
     if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.images.is_empty()) {
         return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
@@ -482,26 +469,9 @@ pub fn train_flyt_full(
             })
             .collect();
         let ref_lr = super::cosine_lr(config.ref_lr, step, config.warmup, config.steps);
-        let score_lr = super::cosine_lr(config.score_lr, step, config.warmup, config.steps);
         let s = model.forward(&feat);
         let look = state.reference.lookahead(&s, &px, &ids, &batches, config.inner, ref_lr)?;
-        let finite = look.up_loss.is_finite() && look.down_loss.is_finite();
-        let score_grad_norm = scoring_step(&s, &look.g_w, &mut params, &mut state.score_opt, score_lr, finite);
-        let log = super::StepLog {
-            step,
-            up_loss: look.up_loss,
-            down_loss: look.down_loss,
-            ref_grad_norm: look.grad_norm,
-            score_grad_norm,
-            ref_lr,
-            score_lr,
-        };
-        if finite && score_grad_norm.is_finite() {
-            state.reference.apply(look, ref_lr);
-        } else {
-            tracing::warn!(step, "non-finite loss or gradient: step skipped");
-        }
-        state.step += 1;
+        let log = finish_step(state, &mut params, &s, look, config, ref_lr);
         if !on_step(&log)? {
             break;
         }

@@ -10,6 +10,24 @@ pub fn clip_loss(logits: &Tensor) -> Tensor {
     (dir(logits) + dir(&logits.transpose(0, 1))) / 2.0
 }
 
+/// One downstream task's loss at scale exp(ρ) from normalised embeddings (notes §2.4): with `captions`, the
+/// CLIP loss of the (image, caption) pairs (row i of `text` is image i's caption); otherwise the prompt
+/// classifier's cross-entropy against `labels` (row c of `text` is class c's prompt).
+pub(crate) fn downstream_task_loss(
+    image: &Tensor,
+    text: &Tensor,
+    labels: &Tensor,
+    captions: bool,
+    rho: &Tensor,
+) -> Tensor {
+    let logits = image.matmul(&text.transpose(0, 1)) * rho.exp();
+    if captions {
+        clip_loss(&logits)
+    } else {
+        -logits.log_softmax(1, logits.kind()).gather(1, &labels.unsqueeze(1), false).mean(logits.kind())
+    }
+}
+
 /// The negative-weighted CLIP loss of FLYT (notes §2.3), in its stable log-sum-exp form:
 ///
 /// ```text

@@ -3,7 +3,7 @@
 use tch::{Kind, Tensor};
 
 use super::adamw::AdamW;
-use super::embedding::{DownstreamBatch, EmbeddingReference, Inner};
+use super::embedding::{DownstreamBatch, EmbeddingReference, Inner, Lookahead};
 use super::models::{GluHead, Mixer};
 use super::optim::{ParamAdamW, cosine_lr};
 use crate::synth::SplitMix64;
@@ -130,8 +130,7 @@ pub struct StepLog {
 }
 
 fn sample_rows(rng: &mut SplitMix64, n: i64, k: usize, device: tch::Device) -> Tensor {
-    let idx: Vec<i64> = (0..k).map(|_| rng.below(n as u64) as i64).collect();
-    Tensor::from_slice(&idx).to_device(device)
+    Tensor::from_slice(&draw(rng, n as usize, k)).to_device(device)
 }
 
 /// The step's random generator: a function of (seed, step) only, so resumed runs draw the same batches.
@@ -144,23 +143,39 @@ pub(crate) fn draw(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<i64> {
     (0..k).map(|_| rng.below(n as u64) as i64).collect()
 }
 
-/// The scoring model's step: J(φ) = Σ_k softmax(s)_k G_k with G constant, backward, AdamW. Returns ‖∇_φ J‖
-/// (the step is taken only when it is finite).
-pub(crate) fn scoring_step(
-    s: &Tensor,
-    g_w: &Tensor,
+/// The end of a step, shared by both reference modes: the scoring model's step on J(φ) = Σ_k softmax(s)_k G_k
+/// (G constant) and the reference's commit — both skipped, with a warning, when a loss or ‖∇_φ J‖ is not
+/// finite — then the step count. `s` are the scores (with their graph to the head's `params`).
+pub(crate) fn finish_step<R: ReferenceState>(
+    state: &mut FlytState<R>,
     params: &mut [Tensor],
-    opt: &mut ParamAdamW,
-    lr: f64,
-    finite_losses: bool,
-) -> f64 {
-    let surrogate = (s.softmax(0, s.kind()) * g_w.detach()).sum(s.kind());
+    s: &Tensor,
+    look: Lookahead,
+    config: &FlytConfig,
+    ref_lr: f64,
+) -> StepLog {
+    let step = state.step;
+    let score_lr = cosine_lr(config.score_lr, step, config.warmup, config.steps);
+    let surrogate = (s.softmax(0, s.kind()) * look.g_w.detach()).sum(s.kind());
     let grads = Tensor::run_backward(&[&surrogate], params, false, false);
-    let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-    if finite_losses && norm.is_finite() {
-        opt.step(params, &grads, lr);
+    let score_grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let log = StepLog {
+        step,
+        up_loss: look.up_loss,
+        down_loss: look.down_loss,
+        ref_grad_norm: look.grad_norm,
+        score_grad_norm,
+        ref_lr,
+        score_lr,
+    };
+    if log.up_loss.is_finite() && log.down_loss.is_finite() && score_grad_norm.is_finite() {
+        state.score_opt.step(params, &grads, score_lr);
+        state.reference.apply(look, ref_lr);
+    } else {
+        tracing::warn!(step, "non-finite loss or gradient: step skipped");
     }
-    norm
+    state.step += 1;
+    log
 }
 
 /// What a checkpoint needs of a reference model: its parameters, ρ, and both optimisers.
@@ -169,6 +184,8 @@ pub trait ReferenceState {
     fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW);
     /// The same, mutable (to load a checkpoint).
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW);
+    /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
+    fn apply(&mut self, look: Lookahead, lr: f64);
 }
 
 impl ReferenceState for EmbeddingReference {
@@ -177,6 +194,9 @@ impl ReferenceState for EmbeddingReference {
     }
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
         (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
+    }
+    fn apply(&mut self, look: Lookahead, lr: f64) {
+        EmbeddingReference::apply(self, look, lr)
     }
 }
 
@@ -211,7 +231,6 @@ pub fn train_flyt(
     let mut params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
     while state.step < config.steps {
         let step = state.step;
-        let (reference, score_opt) = (&mut state.reference, &mut state.score_opt);
         let mut rng = step_rng(config.seed, step);
         let idx = sample_rows(&mut rng, p, config.batch, device);
         let (img, txt, feat) =
@@ -234,26 +253,9 @@ pub fn train_flyt(
             })
             .collect();
         let ref_lr = cosine_lr(config.ref_lr, step, config.warmup, config.steps);
-        let score_lr = cosine_lr(config.score_lr, step, config.warmup, config.steps);
         let s = model.forward(&feat);
-        let look = reference.lookahead(&s, &img, &txt, &batches, config.inner, ref_lr)?;
-        let finite = look.up_loss.is_finite() && look.down_loss.is_finite();
-        let score_grad_norm = scoring_step(&s, &look.g_w, &mut params, score_opt, score_lr, finite);
-        let log = StepLog {
-            step,
-            up_loss: look.up_loss,
-            down_loss: look.down_loss,
-            ref_grad_norm: look.grad_norm,
-            score_grad_norm,
-            ref_lr,
-            score_lr,
-        };
-        if finite && score_grad_norm.is_finite() {
-            reference.apply(look, ref_lr);
-        } else {
-            tracing::warn!(step, "non-finite loss or gradient: step skipped");
-        }
-        state.step += 1;
+        let look = state.reference.lookahead(&s, &img, &txt, &batches, config.inner, ref_lr)?;
+        let log = finish_step(state, &mut params, &s, look, config, ref_lr);
         if !on_step(&log)? {
             break;
         }

@@ -51,13 +51,13 @@ pub struct Args {
     pub shards: Vec<PathBuf>,
 }
 
+/// `--device` of every command: auto, cpu, cuda or cuda:N. Opens libtorch_cuda first (a no-op on CPU-only
+/// machines), so `auto` can see a GPU.
 pub(crate) fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
+    flyt::init_torch_runtime();
     Ok(match s {
         "cpu" => tch::Device::Cpu,
-        "auto" => {
-            flyt::init_torch_runtime();
-            tch::Device::cuda_if_available()
-        }
+        "auto" => tch::Device::cuda_if_available(),
         "cuda" => tch::Device::Cuda(0),
         s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(n) => tch::Device::Cuda(n),

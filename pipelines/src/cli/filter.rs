@@ -110,19 +110,6 @@ pub struct ScoresArgs {
     pub out: PathBuf,
 }
 
-fn device(name: &str) -> anyhow::Result<tch::Device> {
-    flyt::init_torch_runtime();
-    Ok(match name {
-        "auto" => tch::Device::cuda_if_available(),
-        "cpu" => tch::Device::Cpu,
-        "cuda" => tch::Device::Cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => tch::Device::Cuda(n),
-            None => bail!("--device {s:?}: use cpu, cuda, cuda:N or auto"),
-        },
-    })
-}
-
 /// Downstream embeddings from `.npy` / `.npz` / `.npz:KEY` files, concatenated; (data, dim).
 fn read_downstream(specs: &[String], prefix: Option<&str>) -> anyhow::Result<(Vec<f32>, usize)> {
     let (mut all, mut dim) = (Vec::new(), 0usize);
@@ -196,7 +183,7 @@ fn load(a: &PoolArgs, need_embeddings: bool) -> anyhow::Result<Loaded> {
         eprintln!("flyt: ... {} rows left out in all", pool.rejected.len());
     }
     let uids = pool.rows.iter().map(|r| r.uid).collect();
-    Ok(Loaded { pool, uids, dev: device(&a.device)? })
+    Ok(Loaded { pool, uids, dev: super::embed::parse_device(&a.device)? })
 }
 
 fn mask(v: impl Iterator<Item = bool>) -> Vec<f32> {

@@ -153,19 +153,6 @@ pub struct ScoreArgs {
     pub device: String,
 }
 
-fn device(name: &str) -> anyhow::Result<Device> {
-    flyt::init_torch_runtime();
-    Ok(match name {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => bail!("--device {s:?}: use cpu, cuda, cuda:N or auto"),
-        },
-    })
-}
-
 fn matrix(data: &[f32], dim: usize, dev: Device) -> Tensor {
     Tensor::from_slice(data).view([(data.len() / dim.max(1)) as i64, dim as i64]).to_device(dev)
 }
@@ -254,13 +241,54 @@ enum Model {
     Mix(Mixer, Vec<String>),
 }
 
+impl Model {
+    fn scorer(&self) -> &dyn ScoringModel {
+        match self {
+            Model::Glu(h) => h,
+            Model::Mix(m, _) => m,
+        }
+    }
+}
+
+/// The head a new run trains: M-FLYT's mixer (z-scored with `features`' statistics, zero weights) or FLYT's
+/// SwiGLU head over `dim`-d embeddings (seeded, optionally cos-sim initialised).
+fn scoring_model(a: &TrainArgs, mflyt: bool, features: &Tensor, dim: usize, vs: &tch::nn::VarStore) -> Model {
+    if mflyt {
+        let mut m = Mixer::new(&vs.root(), (a.columns.len() as i64).max(1));
+        m.set_stats(features);
+        m.zero_init();
+        Model::Mix(m, a.columns.clone())
+    } else {
+        tch::manual_seed(a.seed as i64);
+        let mut h = GluHead::new(&vs.root(), dim as i64);
+        if a.cos_sim_init {
+            h.cos_sim_init(0.01);
+        }
+        Model::Glu(h)
+    }
+}
+
+fn flyt_config(a: &TrainArgs) -> FlytConfig {
+    FlytConfig {
+        steps: a.steps,
+        batch: a.batch,
+        down_batch: a.down_batch,
+        ref_lr: a.ref_lr,
+        score_lr: a.score_lr,
+        warmup: a.warmup,
+        adam: AdamW::default(),
+        inner: Inner::AdamW,
+        seed: a.seed,
+    }
+}
+
 /// Runs `flyt train`.
 pub fn run(which: Which) -> anyhow::Result<()> {
     let (a, mflyt) = match which {
         Which::Flyt(a) => (a, false),
         Which::Mflyt(a) => (a, true),
     };
-    let dev = device(&a.device)?;
+    let dev = super::embed::parse_device(&a.device)?;
     if a.reference == ReferenceMode::Full {
         return run_full(a, mflyt, dev);
     }
@@ -283,36 +311,14 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     let tasks: Vec<DownstreamTask> =
         a.downstream.iter().map(|p| read_task(p, dim, dev)).collect::<anyhow::Result<_>>()?;
     let vs = tch::nn::VarStore::new(dev);
-    let (model, features) = if mflyt {
-        let k = a.columns.len() as i64;
-        let x = matrix(&score_matrix(&a.scores, &a.columns, &uids)?, a.columns.len(), dev);
-        let mut m = Mixer::new(&vs.root(), k.max(1));
-        m.set_stats(&x);
-        m.zero_init();
-        (Model::Mix(m, a.columns.clone()), x)
+    let features = if mflyt {
+        matrix(&score_matrix(&a.scores, &a.columns, &uids)?, a.columns.len(), dev)
     } else {
-        tch::manual_seed(a.seed as i64);
-        let mut h = GluHead::new(&vs.root(), dim as i64);
-        if a.cos_sim_init {
-            h.cos_sim_init(0.01);
-        }
-        (Model::Glu(h), Tensor::cat(&[&image, &text], 1))
+        Tensor::cat(&[&image, &text], 1)
     };
-    let scorer: &dyn ScoringModel = match &model {
-        Model::Glu(h) => h,
-        Model::Mix(m, _) => m,
-    };
-    let config = FlytConfig {
-        steps: a.steps,
-        batch: a.batch,
-        down_batch: a.down_batch,
-        ref_lr: a.ref_lr,
-        score_lr: a.score_lr,
-        warmup: a.warmup,
-        adam: AdamW::default(),
-        inner: Inner::AdamW,
-        seed: a.seed,
-    };
+    let model = scoring_model(&a, mflyt, &features, dim, &vs);
+    let scorer = model.scorer();
+    let config = flyt_config(&a);
     tch::manual_seed(a.seed as i64 ^ 0x5eed);
     let ref_dim = a.ref_dim.unwrap_or(dim as i64);
     let mut state = FlytState {
@@ -524,34 +530,9 @@ fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
         Tensor::cat(&[matrix(&feats_img, dim, dev), matrix(&feats_txt, dim, dev)], 1)
     };
     let vs = tch::nn::VarStore::new(dev);
-    let model = if mflyt {
-        let mut m = Mixer::new(&vs.root(), a.columns.len() as i64);
-        m.set_stats(&features);
-        m.zero_init();
-        Model::Mix(m, a.columns.clone())
-    } else {
-        tch::manual_seed(a.seed as i64);
-        let mut h = GluHead::new(&vs.root(), dim as i64);
-        if a.cos_sim_init {
-            h.cos_sim_init(0.01);
-        }
-        Model::Glu(h)
-    };
-    let scorer: &dyn ScoringModel = match &model {
-        Model::Glu(h) => h,
-        Model::Mix(m, _) => m,
-    };
-    let fc = FlytConfig {
-        steps: a.steps,
-        batch: a.batch,
-        down_batch: a.down_batch,
-        ref_lr: a.ref_lr,
-        score_lr: a.score_lr,
-        warmup: a.warmup,
-        adam: AdamW::default(),
-        inner: Inner::AdamW,
-        seed: a.seed,
-    };
+    let model = scoring_model(&a, mflyt, &features, dim, &vs);
+    let scorer = model.scorer();
+    let fc = flyt_config(&a);
     let weights = model_dir.join("model.safetensors");
     let mut reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
     reference.set_chunk(a.chunk);
@@ -628,7 +609,7 @@ fn loss_plot(csv: &Path, png: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs `flyt score`: per pool file, `<stem>_scores.parquet` with `uid` and `score`.
 pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
-    let dev = device(&a.device)?;
+    let dev = super::embed::parse_device(&a.device)?;
     let side = a.model.with_extension("json");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&side).with_context(|| format!("reading {}", side.display()))?)
@@ -646,10 +627,7 @@ pub fn run_score(a: ScoreArgs) -> anyhow::Result<()> {
         "mflyt" => Model::Mix(Mixer::new(&vs.root(), columns.len() as i64), columns.clone()),
         k => bail!("{}: unknown model kind {k:?}", side.display()),
     };
-    let scorer: &dyn ScoringModel = match &model {
-        Model::Glu(h) => h,
-        Model::Mix(m, _) => m,
-    };
+    let scorer = model.scorer();
     flyt::train::load_model(&a.model, scorer)?;
     let step = json["step"].as_u64().unwrap_or(0);
     std::fs::create_dir_all(&a.out)?;
