@@ -298,6 +298,18 @@ fn a_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one() {
     let got = tch::no_grad(|| head2.forward(&x.pool.features));
     let diff = (got - want).abs().max().double_value(&[]);
     assert_eq!(diff, 0.0, "resumed run differs by {diff}");
+    // batch size 0 and a task without templates are refused up front, not a libtorch error mid-step
+    let zero = flyt::train::FlytConfig { batch: 0, ..cfg.clone() };
+    let e = train_flyt(&head2, &mut state2, &x.pool, tasks, &zero, |_| Ok(true)).unwrap_err().to_string();
+    assert!(e.contains("batch sizes"), "{e}");
+    let empty = flyt::train::DownstreamTask {
+        image: x.task.image.shallow_clone(),
+        labels: x.task.labels.shallow_clone(),
+        prompts: x.task.prompts.narrow(1, 0, 0),
+        captions: None,
+    };
+    let e = train_flyt(&head2, &mut state2, &x.pool, &[empty], &cfg, |_| Ok(true)).unwrap_err().to_string();
+    assert!(e.contains("1 class × 1 template"), "{e}");
     // a checkpoint of another shape is refused, naming the tensor
     let vs3 = tch::nn::VarStore::new(Device::Cpu);
     let other = GluHead::new(&vs3.root(), x.din + 1);

@@ -425,11 +425,10 @@ pub fn train_flyt_full(
     config: &super::FlytConfig,
     mut on_step: impl FnMut(&super::StepLog) -> Result<bool>,
 ) -> Result<()> {
-    use super::trainer::{draw, finish_step, step_rng};
+    use super::trainer::{check_inputs, draw, finish_step, step_rng};
     let p = pool.images.len();
-    if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.images.is_empty()) {
-        return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
-    }
+    let shapes: Vec<(usize, Vec<i64>)> = tasks.iter().map(|t| (t.images.len(), t.prompts.size())).collect();
+    check_inputs(p, &shapes, config)?;
     let crop = state.reference.model.config().vision_config.image_size as usize;
     let device = state.reference.rho.device();
     let kind = state.reference.rho.kind();

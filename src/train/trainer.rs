@@ -133,6 +133,23 @@ fn sample_rows(rng: &mut SplitMix64, n: i64, k: usize, device: tch::Device) -> T
     Tensor::from_slice(&draw(rng, n as usize, k)).to_device(device)
 }
 
+/// Checks what both training loops need before the first step: a non-empty pool, at least one task, each with
+/// images and at least one class × template prompt, and batch sizes of at least 1.
+pub(crate) fn check_inputs(pool_rows: usize, task_shapes: &[(usize, Vec<i64>)], config: &FlytConfig) -> Result<()> {
+    if pool_rows == 0 || task_shapes.is_empty() || task_shapes.iter().any(|(m, _)| *m == 0) {
+        return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
+    }
+    if let Some((_, p)) = task_shapes.iter().find(|(_, p)| p.len() < 2 || p[0] < 1 || p[1] < 1) {
+        return Err(Error::Config(format!(
+            "a downstream task needs prompts of at least 1 class × 1 template, got {p:?}"
+        )));
+    }
+    if config.batch == 0 || config.down_batch == 0 {
+        return Err(Error::Config("the upstream and downstream batch sizes must be at least 1".into()));
+    }
+    Ok(())
+}
+
 /// The step's random generator: a function of (seed, step) only, so resumed runs draw the same batches.
 pub(crate) fn step_rng(seed: u64, step: usize) -> SplitMix64 {
     SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -224,9 +241,8 @@ pub fn train_flyt(
     mut on_step: impl FnMut(&StepLog) -> Result<bool>,
 ) -> Result<()> {
     let p = pool.image.size()[0];
-    if p == 0 || tasks.is_empty() || tasks.iter().any(|t| t.image.size()[0] == 0) {
-        return Err(Error::Config("FLYT needs a non-empty pool and non-empty downstream tasks".into()));
-    }
+    let shapes: Vec<(usize, Vec<i64>)> = tasks.iter().map(|t| (t.image.size()[0] as usize, t.prompts.size())).collect();
+    check_inputs(p as usize, &shapes, config)?;
     let device = pool.image.device();
     let mut params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
     while state.step < config.steps {

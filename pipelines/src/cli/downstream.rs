@@ -56,6 +56,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(p) => lines(p)?,
         None => vec!["a photo of a {c}.".to_string()],
     };
+    if templates.is_empty() {
+        bail!("{}: no templates", a.templates.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    }
     if let Some(t) = templates.iter().find(|t| !t.contains("{c}")) {
         bail!("template {t:?} has no {{c}} for the class name");
     }

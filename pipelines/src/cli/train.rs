@@ -492,6 +492,9 @@ fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
         }
         None => vec!["a photo of a {c}.".to_string()],
     };
+    if templates.is_empty() || templates.iter().any(|t| !t.contains("{c}")) {
+        bail!("--templates needs one or more lines, each with {{c}} for the class name");
+    }
     let mut tasks = Vec::new();
     for (dir, names) in a.down_shards.iter().zip(&a.classnames) {
         let classes: Vec<String> = std::fs::read_to_string(names)?
