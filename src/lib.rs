@@ -38,7 +38,8 @@ pub use datacomp::{
     read_metadata, read_npz, read_npz_matrix, read_pool, read_subset, write_metadata, write_npz, write_subset,
 };
 pub use datacomp::{
-    RowMeta, check_scores, read_scores_npy, read_scores_parquet, write_counts_parquet, write_score_table,
+    RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,
+    write_score_table,
 };
 pub use error::{Error, Result};
 pub use image_info::{ImageInfo, sniff_image};

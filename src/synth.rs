@@ -175,3 +175,84 @@ impl SynthPool {
         Ok(summary.shards.iter().map(|s| dir.join(&s.name)).collect())
     }
 }
+
+/// A synthetic pool of DataComp sidecars only (no tars): per shard `NNNNNNNN.parquet` (uid, key, text) and
+/// `NNNNNNNN.npz` with f16 `<prefix>_img` / `<prefix>_txt`, the text embedding a noisy copy of the image
+/// embedding (so CLIP scores spread), and a fraction of rows repeating a uid from an earlier shard.
+#[derive(Clone, Debug)]
+pub struct SynthSidecars {
+    /// Number of shards.
+    pub shards: usize,
+    /// Rows per shard.
+    pub rows_per_shard: usize,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// The arrays' prefix.
+    pub prefix: String,
+    /// Fraction of rows that repeat an earlier shard's uid.
+    pub duplicates: f64,
+    /// Number of the first shard (its file name).
+    pub first_shard: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for SynthSidecars {
+    fn default() -> Self {
+        SynthSidecars {
+            shards: 2,
+            rows_per_shard: 100,
+            dim: 16,
+            prefix: "b32".into(),
+            duplicates: 0.0,
+            first_shard: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl SynthSidecars {
+    /// The uid of row `i` of shard `s`.
+    pub fn uid(&self, s: usize, i: usize) -> Uid {
+        Uid::from_parts(0x5eed_0000_0000_0000 ^ self.seed, (s * 1_000_000_007 + i) as u64)
+    }
+
+    /// Writes the pool into `dir`; returns the parquet paths.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        use crate::datacomp::{NpyArray, NpyData, write_npz, write_score_table};
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+        let mut out = Vec::new();
+        for s in self.first_shard..self.first_shard + self.shards {
+            let mut rng = SplitMix64::new(self.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let d = self.dim;
+            let (mut img, mut txt) =
+                (Vec::with_capacity(self.rows_per_shard * d), Vec::with_capacity(self.rows_per_shard * d));
+            let mut ids = Vec::with_capacity(self.rows_per_shard);
+            for i in 0..self.rows_per_shard {
+                let uid = if s > 0 && rng.unit() < self.duplicates {
+                    self.uid(rng.below(s as u64) as usize, rng.below(self.rows_per_shard as u64) as usize)
+                } else {
+                    self.uid(s, i)
+                };
+                ids.push((uid, format!("{:012}", s * 10_000 + i)));
+                let noise = rng.unit() * 2.0;
+                let u: Vec<f64> = (0..d).map(|_| rng.unit() * 2.0 - 1.0).collect();
+                let t: Vec<f64> = u.iter().map(|x| x + noise * (rng.unit() * 2.0 - 1.0)).collect();
+                let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                let (nu, nt) = (norm(&u), norm(&t));
+                img.extend(u.iter().map(|x| half::f16::from_f64(x / nu)));
+                txt.extend(t.iter().map(|x| half::f16::from_f64(x / nt)));
+            }
+            let stem = format!("{s:08}");
+            let shape = vec![self.rows_per_shard, d];
+            let mut arrays = std::collections::BTreeMap::new();
+            arrays.insert(format!("{}_img", self.prefix), NpyArray { shape: shape.clone(), data: NpyData::F16(img) });
+            arrays.insert(format!("{}_txt", self.prefix), NpyArray { shape, data: NpyData::F16(txt) });
+            write_npz(dir.join(format!("{stem}.npz")), &arrays, false)?;
+            let parquet = dir.join(format!("{stem}.parquet"));
+            write_score_table(&parquet, &ids, &[], &[])?;
+            out.push(parquet);
+        }
+        Ok(out)
+    }
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use flyt::{ReaderConfig, Record, Rejected, Sample, ShardReader, ShardStats};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
@@ -69,6 +69,14 @@ pub trait DecodeShards<'scope, T: Timestamp> {
         config: ReaderConfig,
         budget: usize,
     ) -> (Stream<'scope, T, Vec<Sample>>, Stream<'scope, T, Vec<ShardEvent>>);
+
+    /// As [`DecodeShards::decode_shards`], but each worker reads the paths it already holds (for pipelines
+    /// that route shards to workers themselves).
+    fn decode_shards_local(
+        self,
+        config: ReaderConfig,
+        budget: usize,
+    ) -> (Stream<'scope, T, Vec<Sample>>, Stream<'scope, T, Vec<ShardEvent>>);
 }
 
 impl<'scope, T: Timestamp + TotalOrder> DecodeShards<'scope, T> for Stream<'scope, T, Vec<PathBuf>> {
@@ -77,14 +85,37 @@ impl<'scope, T: Timestamp + TotalOrder> DecodeShards<'scope, T> for Stream<'scop
         config: ReaderConfig,
         budget: usize,
     ) -> (Stream<'scope, T, Vec<Sample>>, Stream<'scope, T, Vec<ShardEvent>>) {
-        let scope = self.scope();
         let pact = Exchange::new(|p: &PathBuf| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             p.hash(&mut h);
             h.finish()
         });
+        decode(self, pact, config, budget)
+    }
+
+    fn decode_shards_local(
+        self,
+        config: ReaderConfig,
+        budget: usize,
+    ) -> (Stream<'scope, T, Vec<Sample>>, Stream<'scope, T, Vec<ShardEvent>>) {
+        decode(self, Pipeline, config, budget)
+    }
+}
+
+fn decode<'scope, T, P>(
+    stream: Stream<'scope, T, Vec<PathBuf>>,
+    pact: P,
+    config: ReaderConfig,
+    budget: usize,
+) -> (Stream<'scope, T, Vec<Sample>>, Stream<'scope, T, Vec<ShardEvent>>)
+where
+    T: Timestamp + TotalOrder,
+    P: timely::dataflow::channels::pact::ParallelizationContract<T, Vec<PathBuf>>,
+{
+    {
+        let scope = stream.scope();
         let decoded =
-            self.unary::<CapacityContainerBuilder<Vec<Decoded>>, _, _, _>(pact, "DecodeShards", move |_cap, info| {
+            stream.unary::<CapacityContainerBuilder<Vec<Decoded>>, _, _, _>(pact, "DecodeShards", move |_cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut queue: VecDeque<(Capability<T>, PathBuf)> = VecDeque::new();
                 let mut current: Option<(Capability<T>, PathBuf, ShardReader)> = None;

@@ -1,7 +1,9 @@
-//! flyt pipelines: curation pipelines written in Rust, the `flyt` command-line tool, and (later) the Flight
-//! service. Built from `flyt-operators`, which wrap the `flyt` domain crate.
+//! flyt pipelines: curation pipelines written in Rust ([`curate`]: the streaming curation dataflow), the
+//! `flyt` command-line tool, and (later) the Flight service. Built from `flyt-operators`, which wrap the `flyt`
+//! domain crate.
 
 pub mod cli;
+pub mod curate;
 pub mod demo;
 pub mod plot;
 pub mod shards;

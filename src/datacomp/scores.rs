@@ -186,3 +186,70 @@ pub fn write_score_table(
     let batch = RecordBatch::try_from_iter(cols)?;
     write_parquet_atomic(path, &batch)
 }
+
+/// A score table read back: (uid, key) per row and each asked-for column's values (f32, as written by
+/// [`write_score_table`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScoreTable {
+    /// (uid, key) of each row (key empty when the file has no `key` column).
+    pub ids: Vec<(Uid, String)>,
+    /// One vector per asked-for column, aligned with `ids`.
+    pub columns: Vec<Vec<f32>>,
+}
+
+/// Reads a score table: `uid`, optional `key`, and the named float columns (a missing column, a bad uid or a
+/// null is an error naming the file, column and row).
+pub fn read_score_table(path: impl AsRef<Path>, columns: &[&str]) -> Result<ScoreTable> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(1 << 16).build().map_err(pq)?;
+    let mut out = ScoreTable { ids: Vec::new(), columns: vec![Vec::new(); columns.len()] };
+    let text_at = |a: &ArrayRef, name: &str, r: usize| -> Result<String> {
+        if a.is_null(r) {
+            return Err(Error::format(path, name, format!("row {r} is null")));
+        }
+        Ok(match a.data_type() {
+            DataType::Utf8 => a.as_string::<i32>().value(r).to_string(),
+            DataType::LargeUtf8 => a.as_string::<i64>().value(r).to_string(),
+            DataType::Utf8View => a.as_string_view().value(r).to_string(),
+            t => return Err(Error::format(path, name, format!("column type {t} is not a string type"))),
+        })
+    };
+    for batch in reader {
+        let batch = batch?;
+        let schema = batch.schema();
+        let get = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i));
+        let uid = get("uid").ok_or_else(|| Error::format(path, "uid", "no such column"))?;
+        let key = get("key");
+        let cols: Vec<&ArrayRef> = columns
+            .iter()
+            .map(|c| get(c).ok_or_else(|| Error::format(path, *c, "no such column")))
+            .collect::<Result<_>>()?;
+        for r in 0..batch.num_rows() {
+            let row = out.ids.len();
+            let text = text_at(uid, "uid", r)?;
+            let u = Uid::parse_hex(&text)
+                .map_err(|e| Error::format(path, format!("row {row}"), format!("uid {text:?}: {e}")))?;
+            let k = match key {
+                Some(k) => text_at(k, "key", r)?,
+                None => String::new(),
+            };
+            out.ids.push((u, k));
+            for (j, (c, name)) in cols.iter().zip(columns).enumerate() {
+                if c.is_null(r) {
+                    return Err(Error::format(path, *name, format!("row {row} is null")));
+                }
+                let v = match c.data_type() {
+                    DataType::Float32 => c.as_primitive::<Float32Type>().value(r),
+                    DataType::Float64 => c.as_primitive::<Float64Type>().value(r) as f32,
+                    DataType::Float16 => c.as_primitive::<Float16Type>().value(r).to_f32(),
+                    t => return Err(Error::format(path, *name, format!("column type {t} is not a float type"))),
+                };
+                out.columns[j].push(v);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -14,6 +14,7 @@ mod loss;
 mod mixed;
 mod models;
 mod optim;
+mod scorer;
 mod trainer;
 
 pub use adamw::{AdamW, adamw_jacobian, adamw_step};
@@ -24,6 +25,7 @@ pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
 pub use models::{GluHead, Mixer};
 pub use optim::{ParamAdamW, cosine_lr, decays};
+pub use scorer::{FlytScorer, MixWeights, file_sha256};
 pub use trainer::{
     DownstreamTask, FlytConfig, FlytState, ReferenceState, ScoringModel, StepLog, UpstreamPool, train_flyt,
 };

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod curate;
 mod doctor;
 mod downstream;
 mod embed;
+pub(crate) use embed::parse_device;
 mod embed_bench;
 mod filter;
 mod inspect;
@@ -58,6 +60,10 @@ pub enum Command {
     Score(train::ScoreArgs),
     /// Write a synthetic pool of shards in img2dataset's layout (for trying flyt out and for benchmarks).
     Synth(synth::Args),
+    /// Curate continuously: a timely dataflow that ingests shards as they arrive (a watched directory),
+    /// embeds and scores them (CLIP score, a FLYT head, an M-FLYT mix with external scores), and keeps
+    /// `OUT/subset.npy` (Soft Cap Sampling) and `OUT/manifest.json` up to date. Exactly-once, resumable.
+    Curate(curate::Args),
     /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
     Demo(crate::demo::Args),
     /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.
@@ -104,6 +110,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::Train(w) => train::run(w),
         Command::Score(a) => train::run_score(a),
+        Command::Curate(a) => curate::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Doctor(a) => doctor::run(a),
     }

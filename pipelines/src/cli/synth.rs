@@ -38,12 +38,36 @@ pub struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write DataComp sidecars only (`NNNNNNNN.parquet` + `.npz` with `b32_img`/`b32_txt` of this dimension,
+    /// no tars): a pool with precomputed embeddings, for `flyt curate` and benchmarks.
+    #[arg(long)]
+    pub sidecars: Option<usize>,
+    /// With --sidecars: the fraction of rows that repeat an earlier shard's uid.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicates: f64,
+    /// With --sidecars: the number of the first shard (to add shards to an existing pool).
+    #[arg(long, default_value_t = 0)]
+    pub first_shard: usize,
 }
 
 /// Runs `flyt synth`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.dirt) {
         anyhow::bail!("--dirt must be in [0, 1], got {}", a.dirt);
+    }
+    if let Some(dim) = a.sidecars {
+        let pool = flyt::synth::SynthSidecars {
+            shards: a.shards,
+            rows_per_shard: a.samples_per_shard,
+            dim,
+            prefix: "b32".into(),
+            duplicates: a.duplicates,
+            first_shard: a.first_shard,
+            seed: a.seed,
+        };
+        let paths = pool.write(&a.out)?;
+        println!("wrote {} sidecar pairs to {}", paths.len(), a.out.display());
+        return Ok(());
     }
     let image = match a.image {
         ImageKind::Png => SynthImage::Png(a.side),

@@ -1,0 +1,206 @@
+//! The curation pipeline's configuration: a TOML file (`--config pipeline.toml`) whose every key has a
+//! default, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// When a shard in a watched directory counts as arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrival {
+    /// As soon as it is visible under its final name: writers write to a temporary name (a leading `.`, or
+    /// `.tmp` / `.part` / `.incomplete` at the end) and rename it into place.
+    Rename,
+    /// Only once its img2dataset `<stem>_stats.json` or a `<stem>.done` marker exists.
+    Marker,
+}
+
+/// Where embeddings come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingSource {
+    /// DataComp sidecars (`<stem>.parquet` + `<stem>.npz`) when a shard has them, else the CLIP model.
+    Auto,
+    /// Only sidecars: a shard waits for both files; the tar is never read.
+    Sidecar,
+    /// Always embed the tar's images and captions with the CLIP model.
+    Model,
+}
+
+/// `[input]`: what to curate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Input {
+    /// A directory of shards (watched with `--follow`) or shard files.
+    pub shards: Vec<PathBuf>,
+    /// When a shard counts as arrived.
+    pub arrival: Arrival,
+    /// Where embeddings come from.
+    pub embeddings: EmbeddingSource,
+    /// The sidecar `.npz` arrays' prefix (`b32`, `l14`, ...); default: found in the file.
+    pub prefix: Option<String>,
+    /// A directory of per-uid score parquet files (`uid` + float columns), watched like the shards; they join
+    /// the M-FLYT mix on uid.
+    pub scores: Option<PathBuf>,
+    /// How often a watched directory is listed, in milliseconds.
+    pub poll_ms: u64,
+    /// Records read per decode activation (bounded work per activation).
+    pub decode_budget: usize,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            shards: Vec::new(),
+            arrival: Arrival::Rename,
+            embeddings: EmbeddingSource::Auto,
+            prefix: None,
+            scores: None,
+            poll_ms: 1000,
+            decode_budget: 4096,
+        }
+    }
+}
+
+/// `[embed]`: the CLIP model for shards without sidecars.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Embed {
+    /// A Hugging Face CLIP folder.
+    pub model: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Largest embedding batch.
+    pub batch_size: usize,
+    /// Keep each embedded shard's embeddings (`OUT/embeddings/<stem>.npz` + `.parquet`, a DataComp pool), so a
+    /// changed FLYT head re-scores without re-embedding.
+    pub store: bool,
+}
+
+impl Default for Embed {
+    fn default() -> Self {
+        Embed { model: None, device: "auto".into(), batch_size: 256, store: true }
+    }
+}
+
+/// `[score]`: the scoring models and what feeds SCS.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Score {
+    /// A FLYT checkpoint (`flyt train flyt`): adds the `flyt` column.
+    pub flyt: Option<PathBuf>,
+    /// An M-FLYT checkpoint (`flyt train mflyt`): the score is its mix of its columns (internal ones —
+    /// `clip_score`, `flyt` — and external ones from `[input] scores`).
+    pub mixer: Option<PathBuf>,
+    /// Without a mixer, the column SCS samples by (default: `flyt` with a FLYT head, else `clip_score`).
+    pub column: Option<String>,
+}
+
+/// `[sample]`: Soft Cap Sampling.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sample {
+    /// The repetition penalty α.
+    pub alpha: f64,
+    /// A fixed target T (Σ counts).
+    pub target: Option<u64>,
+    /// T as a fraction of the pool (default 1.0, DataComp's "samples seen = pool size").
+    pub target_ratio: Option<f64>,
+    /// The seed.
+    pub seed: u64,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Sample { alpha: 0.15, target: None, target_ratio: None, seed: 0 }
+    }
+}
+
+/// `[output]`: where results go.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Output {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// Least time between two publications of `subset.npy` + `manifest.json` while following (the last state
+    /// is always published).
+    pub publish_ms: u64,
+    /// Without `--follow`: also write the selected samples, repeated by count, into WebDataset shards here.
+    pub reshard: Option<PathBuf>,
+    /// Samples per resharded tar.
+    pub shard_size: usize,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output { dir: PathBuf::new(), publish_ms: 1000, reshard: None, shard_size: 10_000 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurateConfig {
+    /// What to curate.
+    pub input: Input,
+    /// The CLIP model.
+    pub embed: Embed,
+    /// The scoring models.
+    pub score: Score,
+    /// SCS.
+    pub sample: Sample,
+    /// Outputs.
+    pub output: Output,
+    /// Keep watching the inputs and updating the outputs (until SIGINT/SIGTERM or `idle_exit_s`).
+    pub follow: bool,
+    /// With `follow`: exit once nothing new has arrived for this many seconds and everything is committed.
+    pub idle_exit_s: Option<f64>,
+}
+
+impl CurateConfig {
+    /// Reads a TOML file; unknown keys are errors naming them.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Checks what can be checked before starting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.input.shards.is_empty() {
+            anyhow::bail!("no shards: give --shards DIR (or [input] shards in the config)");
+        }
+        if self.output.dir.as_os_str().is_empty() {
+            anyhow::bail!("no output directory: give --out DIR (or [output] dir in the config)");
+        }
+        if !(self.sample.alpha >= 0.0) {
+            anyhow::bail!("[sample] alpha must be ≥ 0, got {}", self.sample.alpha);
+        }
+        if self.sample.target.is_some() && self.sample.target_ratio.is_some() {
+            anyhow::bail!("[sample] give target or target_ratio, not both");
+        }
+        if let Some(r) = self.sample.target_ratio
+            && !(r.is_finite() && r >= 0.0)
+        {
+            anyhow::bail!("[sample] target_ratio must be a finite number ≥ 0, got {r}");
+        }
+        if self.input.embeddings == EmbeddingSource::Model && self.embed.model.is_none() {
+            anyhow::bail!("[input] embeddings = \"model\" needs a CLIP model (--model DIR or [embed] model)");
+        }
+        if self.embed.batch_size == 0 {
+            anyhow::bail!("[embed] batch_size must be ≥ 1");
+        }
+        if self.output.reshard.is_some() && self.follow {
+            anyhow::bail!("[output] reshard runs after a batch run; it cannot be combined with --follow");
+        }
+        Ok(())
+    }
+
+    /// SCS's target.
+    pub fn target(&self) -> flyt::sampling::Target {
+        match (self.sample.target, self.sample.target_ratio) {
+            (Some(t), _) => flyt::sampling::Target::Fixed(t),
+            (None, r) => flyt::sampling::Target::Ratio(r.unwrap_or(1.0)),
+        }
+    }
+}

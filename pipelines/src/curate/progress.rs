@@ -1,0 +1,127 @@
+//! Live progress of a curation run: counters the operators of this process update, and a display thread
+//! (a status line on a terminal, `tracing` log lines otherwise).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flyt_operators::{EmbedCounters, ScsCounters};
+
+/// Counters of one process.
+#[derive(Debug)]
+pub struct Progress {
+    /// When the run started.
+    pub started: Instant,
+    /// Shards given out (to be read, re-scored or replayed).
+    pub given: AtomicU64,
+    /// Shards committed or replayed.
+    pub done: AtomicU64,
+    /// Of those, replayed from an earlier run.
+    pub replayed: AtomicU64,
+    /// Shards that failed.
+    pub failed: AtomicU64,
+    /// Rows (accepted samples) committed in this run.
+    pub rows: AtomicU64,
+    /// Rejects by reason, over shards committed in this run.
+    pub rejects: Mutex<BTreeMap<String, u64>>,
+    /// Embedding batches.
+    pub embed: Arc<EmbedCounters>,
+    /// The sampler.
+    pub scs: Arc<ScsCounters>,
+    /// Subset publications.
+    pub published: AtomicU64,
+    /// Set when the run is over (stops the display).
+    pub finished: AtomicBool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            started: Instant::now(),
+            given: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            rejects: Mutex::new(BTreeMap::new()),
+            embed: Default::default(),
+            scs: Default::default(),
+            published: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Progress {
+    /// One status line.
+    pub fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let (given, done, failed) = (
+            self.given.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        let rows = self.rows.load(Ordering::Relaxed);
+        let rejects = self.rejects.lock().map(|r| r.clone()).unwrap_or_default();
+        let total: u64 = rejects.values().sum();
+        let top: Vec<String> = {
+            let mut v: Vec<(&String, &u64)> = rejects.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1));
+            v.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect()
+        };
+        let mut s = format!(
+            "shards {done} done, {} pending{} · {rows} samples ({:.0}/s) · rejects {total}",
+            given.saturating_sub(done + failed),
+            if failed > 0 { format!(", {failed} failed") } else { String::new() },
+            rows as f64 / secs,
+        );
+        if !top.is_empty() {
+            s.push_str(&format!(" ({})", top.join(", ")));
+        }
+        let cap = self.embed.capacity.load(Ordering::Relaxed);
+        if cap > 0 {
+            s.push_str(&format!(
+                " · batch fill {:.0}%",
+                100.0 * self.embed.rows.load(Ordering::Relaxed) as f64 / cap as f64
+            ));
+        }
+        s.push_str(&format!(
+            " · pool {} · T {}",
+            self.scs.pool.load(Ordering::Relaxed),
+            self.scs.target.load(Ordering::Relaxed)
+        ));
+        s
+    }
+
+    /// Starts the display thread: a spinner line on a terminal, else a log line every 10 s.
+    pub fn display(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            use std::io::IsTerminal;
+            let tty = std::io::stderr().is_terminal();
+            let bar = tty.then(|| {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} curate {msg} ({elapsed})")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                b
+            });
+            let mut last_log = Instant::now();
+            while !me.finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(b) = &bar {
+                    b.set_message(me.line());
+                    b.tick();
+                } else if last_log.elapsed() >= Duration::from_secs(10) {
+                    tracing::info!("{}", me.line());
+                    last_log = Instant::now();
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+        })
+    }
+}

@@ -1,0 +1,347 @@
+//! The shard source: lists the input directories, decides when a shard has arrived, and turns each arrival
+//! into a job — read it, re-score it, replay its committed rows, or retract a replaced version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use flyt::Uid;
+use flyt_operators::PoolRow;
+use serde::{Deserialize, Serialize};
+
+use super::config::{Arrival, EmbeddingSource};
+use super::records::{FileId, Layout, ShardRecord};
+
+/// How a shard's embeddings are obtained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    /// Decode the tar and embed with the CLIP model.
+    Model {
+        /// The tar.
+        tar: PathBuf,
+    },
+    /// Read a DataComp sidecar pair (the shard's own, or embeddings this pipeline stored).
+    Sidecar {
+        /// `<stem>.parquet`.
+        parquet: PathBuf,
+        /// `<stem>.npz`.
+        npz: PathBuf,
+        /// Whether these are embeddings stored by an earlier run (a re-score).
+        stored: bool,
+    },
+}
+
+/// A unit of work, routed to a worker by its name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Job {
+    /// Read, embed, score and commit a shard.
+    Shard {
+        /// Its name.
+        name: String,
+        /// Its input files (size and mtime; digests are taken at commit).
+        inputs: Vec<FileId>,
+        /// Where embeddings come from.
+        via: Via,
+    },
+    /// Re-enter a committed shard's rows from its score table.
+    Replay {
+        /// Its name.
+        name: String,
+    },
+    /// Take back a replaced shard's rows (as they were committed).
+    Retract {
+        /// Its name.
+        name: String,
+        /// The rows.
+        rows: Vec<(Uid, PoolRow)>,
+    },
+    /// Read an external score file.
+    Scores {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl Job {
+    /// The routing key.
+    pub fn route(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            Job::Shard { name, .. } | Job::Replay { name } | Job::Retract { name, .. } => name.hash(&mut h),
+            Job::Scores { path } => path.hash(&mut h),
+        }
+        h.finish()
+    }
+}
+
+/// A shard found in the input: its name and the files it has so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unit {
+    /// The name (file name without `.tar`/`.tar.gz`/`.tgz`/`.parquet`).
+    pub name: String,
+    /// The tar.
+    pub tar: Option<PathBuf>,
+    /// `<stem>.parquet`.
+    pub parquet: Option<PathBuf>,
+    /// `<stem>.npz`.
+    pub npz: Option<PathBuf>,
+    /// A completion marker (`<stem>_stats.json`, `<stem>.done`, `<tar>.done`).
+    pub marker: bool,
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') || [".tmp", ".part", ".incomplete", ".partial"].iter().any(|s| name.ends_with(s))
+}
+
+fn tar_stem(name: &str) -> Option<&str> {
+    [".tar.gz", ".tgz", ".tar"].iter().find_map(|s| name.strip_suffix(s))
+}
+
+/// Groups a directory listing (or explicit files) into units by name.
+pub fn list_units(dirs: &[PathBuf], files: &[PathBuf]) -> BTreeMap<String, Unit> {
+    let mut units: BTreeMap<String, Unit> = BTreeMap::new();
+    let mut paths: Vec<PathBuf> = files.to_vec();
+    for d in dirs {
+        match std::fs::read_dir(d) {
+            Ok(rd) => paths.extend(rd.flatten().map(|e| e.path())),
+            Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot list the shard directory"),
+        }
+    }
+    for p in paths {
+        let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if is_temporary(&name) {
+            continue;
+        }
+        let (stem, slot) = if let Some(s) = tar_stem(&name) {
+            (s.to_string(), 0)
+        } else if let Some(s) = name.strip_suffix(".parquet") {
+            (s.to_string(), 1)
+        } else if let Some(s) = name.strip_suffix(".npz") {
+            (s.to_string(), 2)
+        } else if let Some(s) = name.strip_suffix("_stats.json") {
+            (s.to_string(), 3)
+        } else if let Some(s) = name.strip_suffix(".done") {
+            (tar_stem(s).unwrap_or(s).to_string(), 3)
+        } else {
+            continue;
+        };
+        let u = units.entry(stem.clone()).or_insert_with(|| Unit { name: stem, ..Default::default() });
+        match slot {
+            0 => u.tar = Some(p),
+            1 => u.parquet = Some(p),
+            2 => u.npz = Some(p),
+            _ => u.marker = true,
+        }
+    }
+    units
+}
+
+/// What the source knows about the run's models, to decide whether a committed shard still holds.
+#[derive(Clone, Debug)]
+pub struct Models {
+    /// `[input] embeddings`.
+    pub embeddings: EmbeddingSource,
+    /// `[input] arrival`.
+    pub arrival: Arrival,
+    /// The CLIP model's identity (`clip:<sha256>`), if a model is configured.
+    pub clip: Option<String>,
+    /// The sidecar prefix asked for (None: found in each file).
+    pub prefix: Option<String>,
+    /// The FLYT head's digest, if one is configured.
+    pub flyt: Option<String>,
+}
+
+impl Models {
+    /// The `clip` identity a shard read this way has.
+    pub fn clip_identity(&self, via: &Via) -> String {
+        match via {
+            Via::Model { .. } | Via::Sidecar { stored: true, .. } => self.clip.clone().unwrap_or_default(),
+            Via::Sidecar { stored: false, .. } => format!("sidecar:{}", self.prefix.as_deref().unwrap_or("auto")),
+        }
+    }
+}
+
+/// What to do with a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not arrived yet.
+    Wait,
+    /// Its committed rows hold: replay them.
+    Replay,
+    /// Read it (fresh, or re-score from stored embeddings).
+    Run(Via, Vec<FileId>),
+}
+
+/// Decides what to do with a unit given its commit record, if any.
+pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Models) -> Decision {
+    let sidecars = unit.parquet.clone().zip(unit.npz.clone());
+    if models.arrival == Arrival::Marker && !unit.marker {
+        return Decision::Wait;
+    }
+    let via = match (models.embeddings, &unit.tar, &sidecars) {
+        (EmbeddingSource::Model, Some(tar), _) => Via::Model { tar: tar.clone() },
+        (EmbeddingSource::Model, None, _) => return Decision::Wait,
+        (_, _, Some((parquet, npz))) => Via::Sidecar { parquet: parquet.clone(), npz: npz.clone(), stored: false },
+        (EmbeddingSource::Sidecar, _, None) => return Decision::Wait,
+        (EmbeddingSource::Auto, Some(tar), None) => Via::Model { tar: tar.clone() },
+        (EmbeddingSource::Auto, None, None) => return Decision::Wait,
+    };
+    let files: Vec<PathBuf> = match &via {
+        Via::Model { tar } => vec![tar.clone()],
+        Via::Sidecar { parquet, npz, .. } => vec![parquet.clone(), npz.clone()],
+    };
+    let Ok(inputs) = files.iter().map(|f| FileId::stat(f)).collect::<std::io::Result<Vec<_>>>() else {
+        return Decision::Wait;
+    };
+    let Some(rec) = record else { return Decision::Run(via, inputs) };
+    let same_inputs = rec.inputs.len() == inputs.len()
+        && rec.inputs.iter().zip(&inputs).all(|(a, b)| {
+            a.path == b.path
+                && ((a.size == b.size && a.mtime_ns == b.mtime_ns)
+                    || flyt::train::file_sha256(&b.path).is_ok_and(|d| d == a.sha256))
+        });
+    let clip_ok = rec.models.get("clip").map(|s| s.as_str()) == Some(models.clip_identity(&via).as_str());
+    if !same_inputs || !clip_ok {
+        return Decision::Run(via, inputs);
+    }
+    if rec.models.get("flyt") == models.flyt.as_ref() {
+        return Decision::Replay;
+    }
+    // Only the FLYT head changed: re-score from the embeddings at hand.
+    match (&via, &rec.embeddings) {
+        (Via::Sidecar { .. }, _) => Decision::Run(via, inputs),
+        (Via::Model { .. }, Some((parquet, npz))) if parquet.exists() && npz.exists() => {
+            Decision::Run(Via::Sidecar { parquet: parquet.clone(), npz: npz.clone(), stored: true }, inputs)
+        }
+        _ => Decision::Run(via, inputs),
+    }
+}
+
+/// Lists the external score files of a directory (`*.parquet`, not temporary), in name order.
+pub fn list_score_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "parquet")
+                        && p.file_name().is_some_and(|n| !is_temporary(&n.to_string_lossy()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The source's memory between scans.
+pub struct Watcher {
+    /// Directories to list.
+    pub dirs: Vec<PathBuf>,
+    /// Explicit files.
+    pub files: Vec<PathBuf>,
+    /// The external score directory.
+    pub scores: Option<PathBuf>,
+    /// Models and input rules.
+    pub models: Models,
+    /// The output layout (for commit records).
+    pub layout: Layout,
+    /// Internal column names (to read back replaced shards' rows).
+    pub columns: Vec<String>,
+    /// Units already given out: their inputs as they were then, and the time they were given at.
+    pub given: HashMap<String, (Vec<FileId>, u64)>,
+    /// Score files already given out.
+    pub given_scores: HashMap<PathBuf, FileId>,
+}
+
+impl Watcher {
+    /// One scan: the jobs that are due now. `committed_before` is the time below which every job is done.
+    /// `first` marks the scan at start-up, when committed shards are replayed.
+    pub fn scan(&mut self, first: bool, committed_before: u64) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let records = if first { self.layout.records() } else { BTreeMap::new() };
+        for (name, unit) in list_units(&self.dirs, &self.files) {
+            match self.given.get(&name) {
+                None => {
+                    let rec = if first { records.get(&name).cloned() } else { self.layout.records_one(&name) };
+                    match decide(&unit, rec.as_ref(), &self.models) {
+                        Decision::Wait => {}
+                        Decision::Replay => {
+                            let inputs = rec.map(|r| r.inputs).unwrap_or_default();
+                            self.given.insert(name.clone(), (inputs, 0));
+                            jobs.push(Job::Replay { name });
+                        }
+                        Decision::Run(via, inputs) => {
+                            self.given.insert(name.clone(), (inputs.clone(), u64::MAX));
+                            jobs.push(Job::Shard { name, inputs, via });
+                        }
+                    }
+                }
+                Some((inputs, at)) => {
+                    if inputs.iter().all(|f| f.unchanged()) || *at >= committed_before {
+                        continue; // unchanged, or its job is still running (look again next scan)
+                    }
+                    // Changed after it was given out: a re-delivery (same bytes: nothing to do) or a replacement.
+                    let rec = self.layout.records_one(&name);
+                    let same = rec.as_ref().is_some_and(|r| {
+                        r.inputs.iter().all(|f| flyt::train::file_sha256(&f.path).is_ok_and(|d| d == f.sha256))
+                    });
+                    let now: Vec<FileId> = inputs.iter().filter_map(|f| FileId::stat(&f.path).ok()).collect();
+                    if same {
+                        tracing::info!(shard = %name, "re-delivered with the same bytes; nothing changes");
+                        self.given.insert(name, (now, *at));
+                        continue;
+                    }
+                    match decide(&unit, None, &self.models) {
+                        Decision::Run(via, inputs) => {
+                            if let Some(r) = rec {
+                                match super::records::replay(&self.layout, &r, &self.columns) {
+                                    Ok(s) => jobs.push(Job::Retract { name: name.clone(), rows: super::pool_rows(&s) }),
+                                    Err(e) => {
+                                        tracing::warn!(shard = %name, error = %e, "cannot read the replaced shard's rows")
+                                    }
+                                }
+                            }
+                            tracing::info!(shard = %name, "replaced with different bytes; reading it again");
+                            self.given.insert(name.clone(), (inputs.clone(), u64::MAX));
+                            jobs.push(Job::Shard { name, inputs, via });
+                        }
+                        _ => {
+                            self.given.insert(name, (now, *at));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.scores {
+            for path in list_score_files(dir) {
+                match (self.given_scores.get(&path), FileId::stat(&path)) {
+                    (None, Ok(id)) => {
+                        self.given_scores.insert(path.clone(), id);
+                        jobs.push(Job::Scores { path });
+                    }
+                    (Some(old), Ok(id)) if old.size != id.size || old.mtime_ns != id.mtime_ns => {
+                        tracing::warn!(file = %path.display(), "score file changed after it was read; the change is ignored (score files are immutable: write a new file)");
+                        self.given_scores.insert(path, id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Records the time a job was given at (after [`Watcher::scan`]).
+    pub fn given_at(&mut self, name: &str, time: u64) {
+        if let Some(e) = self.given.get_mut(name) {
+            e.1 = time;
+        }
+    }
+}
+
+impl Layout {
+    /// One commit record, if readable.
+    pub fn records_one(&self, name: &str) -> Option<ShardRecord> {
+        std::fs::read(self.record(name)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+}
