@@ -398,7 +398,11 @@ pub struct IncrementalScs {
     seed: u64,
     index: HashMap<Uid, u32>,
     slots: Vec<Slot>,
+    /// Slots free for reuse: dead, and with no heap entries left (moved here from `dead` by compaction, so a
+    /// stale entry of a former occupant can never pass for the new one's).
     free: Vec<u32>,
+    /// Slots of removed examples that may still have stale heap entries.
+    dead: Vec<u32>,
     alive: usize,
     selected: u64,
     next: BinaryHeap<Reverse<(Time, u32, u32)>>,
@@ -425,6 +429,7 @@ impl IncrementalScs {
             index: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
+            dead: Vec::new(),
             alive: 0,
             selected: 0,
             next: BinaryHeap::new(),
@@ -531,7 +536,7 @@ impl IncrementalScs {
                 s.count = 0;
                 s.alive = false;
                 self.alive -= 1;
-                self.free.push(slot);
+                self.dead.push(slot);
                 removed += 1;
             }
         }
@@ -631,6 +636,7 @@ impl IncrementalScs {
         self.next = next.into_iter().filter(|Reverse((_, s, st))| self.valid(*s, *st)).collect();
         let last: Vec<_> = std::mem::take(&mut self.last).into_vec();
         self.last = last.into_iter().filter(|(_, s, st)| *st > 0 && self.valid(*s, *st)).collect();
+        self.free.append(&mut self.dead);
     }
 
     /// (uid, count) for every selected example, in uid order.

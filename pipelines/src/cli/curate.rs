@@ -27,6 +27,12 @@ pub struct Args {
     /// With --follow: exit once nothing new arrived for this many seconds and everything is committed.
     #[arg(long)]
     pub idle_exit: Option<f64>,
+    /// How often watched directories are listed, in milliseconds.
+    #[arg(long)]
+    pub poll_ms: Option<u64>,
+    /// Least time between two publications of subset.npy + manifest.json while following, in milliseconds.
+    #[arg(long)]
+    pub publish_ms: Option<u64>,
     /// Worker threads in this process.
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
@@ -108,6 +114,8 @@ impl Args {
             };
         }
         set!(c.input.arrival, self.arrival);
+        set!(c.input.poll_ms, self.poll_ms);
+        set!(c.output.publish_ms, self.publish_ms);
         set!(c.input.embeddings, self.embeddings);
         set!(c.embed.device, self.device);
         set!(c.embed.batch_size, self.batch_size);

@@ -199,6 +199,11 @@ fn finish(ctx: &CommitCtx, p: Pending) -> Result<Option<(ShardScores, ShardSumma
         .map(|f| FileId::digest(&f.path))
         .collect::<anyhow::Result<_>>()
         .map_err(|e| fail(format!("{e:#}")))?;
+    // The files must be the ones the source saw before they were read (a writer may replace a sidecar pair one
+    // file at a time): otherwise this read mixed versions; the source sees the change and gives it out again.
+    if let Some(f) = inputs.iter().zip(&digested).find(|(a, b)| a.size != b.size || a.mtime_ns != b.mtime_ns) {
+        return Err(fail(format!("{} changed while the shard was read; it will be read again", f.0.path.display())));
+    }
     let mut models = BTreeMap::new();
     models.insert("clip".to_string(), ctx.models.clip_identity(&via));
     if let Some(f) = &ctx.models.flyt {

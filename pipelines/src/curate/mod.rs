@@ -423,6 +423,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> a
                 config: shared.config_json.clone(),
                 models: shared.models_json.clone(),
                 progress: shared.progress.clone(),
+                publisher: index == 0,
             },
             done_before.clone(),
         );

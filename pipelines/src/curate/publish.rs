@@ -32,6 +32,8 @@ pub struct PublishCtx {
     pub models: serde_json::Value,
     /// Progress counters.
     pub progress: Arc<Progress>,
+    /// Whether this worker publishes (global worker 0; every event is routed there).
+    pub publisher: bool,
 }
 
 #[derive(Default)]
@@ -72,6 +74,9 @@ pub fn publish_subset<'s>(events: Stream<'s, u64, Vec<SinkEvent>>, ctx: PublishC
                     dirty = true;
                 }
                 done_before.set(bound);
+                if !ctx.publisher {
+                    return;
+                }
                 let end = bound == u64::MAX;
                 if dirty || (end && !finished) {
                     if end || last.elapsed() >= ctx.every {
@@ -170,7 +175,8 @@ fn publish(ctx: &PublishCtx, state: &mut State, frontier: u64) -> anyhow::Result
         },
         "ingest": total,
         "shards": state.shards.values().map(|s| json!({
-            "name": s.name, "rows": s.rows, "via": s.via, "record": format!("shards/{}.json", s.name),
+            "name": s.name, "rows": s.rows, "via": s.via, "replayed": s.replayed,
+            "record": format!("shards/{}.json", s.name),
         })).collect::<Vec<_>>(),
         "failed": state.failed.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
         "external_scores": state.external.iter().map(|(f, (n, c, e))| json!({
