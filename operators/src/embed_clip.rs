@@ -1,6 +1,5 @@
 //! `EmbedClip`: samples in, CLIP embedding batches out, undecodable images as rejects on a side stream.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +29,9 @@ pub struct EmbedCounters {
     /// Microseconds spent embedding.
     pub micros: AtomicU64,
 }
+
+/// Records waiting per timestamp, with the capability to emit their results.
+pub(crate) type Stash<T, D> = BTreeMap<T, (Capability<T>, Vec<D>)>;
 
 #[derive(Clone, Debug)]
 enum Out {
@@ -67,9 +69,8 @@ impl<'scope, T: Timestamp + TotalOrder> EmbedClip<'scope, T> for Stream<'scope, 
             "EmbedClip",
             move |_cap, info| {
                 let activator = scope.activator_for(info.address);
-                let stash: Rc<RefCell<BTreeMap<T, (Capability<T>, Vec<Sample>)>>> = Default::default();
+                let mut stash: Stash<T, Sample> = BTreeMap::new();
                 move |(input, frontier), output| {
-                    let mut stash = stash.borrow_mut();
                     input.for_each(|cap, data| {
                         if let Some(c) = cap.retain_least(0) {
                             let e = stash.entry(c.time().clone()).or_insert_with(|| (c, Vec::new()));

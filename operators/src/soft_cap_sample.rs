@@ -10,7 +10,6 @@ use flyt::Uid;
 use flyt::sampling::{IncrementalScs, Target};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
@@ -87,7 +86,7 @@ where
                     if scs.is_none() {
                         tracing::error!(alpha, "SoftCapSample: bad parameters; nothing will be sampled");
                     }
-                    let mut stash: BTreeMap<T, (Capability<T>, Vec<((Uid, u64), isize)>)> = BTreeMap::new();
+                    let mut stash: crate::embed_clip::Stash<T, ((Uid, u64), isize)> = BTreeMap::new();
                     move |(input, frontier), output| {
                         input.for_each(|cap, data| {
                             for (d, t, r) in data.drain(..) {

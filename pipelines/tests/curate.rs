@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,39 +18,7 @@ use flyt::{SubsetCounts, Uid};
 /// CLIP score of the f16 embeddings, then SCS over the whole pool. `score` maps (uid, clip score) to the score
 /// SCS samples by.
 fn oracle(dir: &Path, alpha: f64, seed: u64, score: &dyn Fn(Uid, f32) -> Option<f64>) -> (BTreeMap<Uid, u32>, usize) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "parquet") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        })
-        .collect();
-    files.sort();
-    let mut best: BTreeMap<Uid, ((String, String), f32)> = BTreeMap::new();
-    let mut rows = 0;
-    for f in files {
-        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
-        let (img, n, d) = flyt::read_npz_matrix(f.with_extension("npz"), "b32_img").unwrap();
-        let (txt, _, _) = flyt::read_npz_matrix(f.with_extension("npz"), "b32_txt").unwrap();
-        assert_eq!(n * d, img.len());
-        let meta = flyt::read_metadata(&f).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for r in meta.rows {
-            if !seen.insert(r.uid) {
-                continue;
-            }
-            rows += 1;
-            let s = flyt::methods::clip_score(&img[r.row * d..(r.row + 1) * d], &txt[r.row * d..(r.row + 1) * d], d)
-                .unwrap()[0];
-            let key = (stem.clone(), format!("{:09}", r.row));
-            match best.get(&r.uid) {
-                Some((k, _)) if *k <= key => {}
-                _ => {
-                    best.insert(r.uid, (key, s));
-                }
-            }
-        }
-    }
+    let (best, rows) = common::sidecar_rows(dir);
     let pool: Vec<(Uid, f64)> = best.iter().filter_map(|(u, (_, s))| score(*u, *s).map(|v| (*u, v))).collect();
     let t = Target::Ratio(1.0).for_pool(pool.len());
     let counts = scs(&pool, alpha, t, seed).unwrap();

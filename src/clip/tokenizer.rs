@@ -105,6 +105,30 @@ impl ClipTokenizer {
         Self::new(encoder, merges)
     }
 
+    /// Writes open_clip's vocabulary (`bpe_simple_vocab_16e6.txt.gz`) as a Hugging Face `vocab.json` +
+    /// `merges.txt` into `dir`, so a CLIP folder made here (for instance a randomly initialised one for a
+    /// benchmark) loads with [`ClipTokenizer::from_hf_dir`].
+    pub fn write_hf_vocab(bpe_gz: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<()> {
+        let (bpe_gz, dir) = (bpe_gz.as_ref(), dir.as_ref());
+        let tok = Self::from_open_clip_vocab(bpe_gz)?;
+        let mut by_id: Vec<(&String, &u32)> = tok.encoder.iter().collect();
+        by_id.sort_unstable_by_key(|(_, i)| **i);
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            by_id.iter().map(|(t, i)| ((*t).clone(), serde_json::Value::from(**i))).collect();
+        let mut merges: Vec<(&(String, String), &u32)> = tok.ranks.iter().collect();
+        merges.sort_unstable_by_key(|(_, r)| **r);
+        let mut text = String::from("#version: 0.2\n");
+        for ((a, b), _) in merges {
+            text.push_str(&format!("{a} {b}\n"));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let v = dir.join("vocab.json");
+        std::fs::write(&v, serde_json::to_vec(&vocab).map_err(|e| Error::Config(e.to_string()))?)
+            .map_err(|e| Error::io(&v, e))?;
+        let m = dir.join("merges.txt");
+        std::fs::write(&m, text).map_err(|e| Error::io(&m, e))
+    }
+
     /// From a Hugging Face checkpoint folder: `vocab.json` + `merges.txt`, or `tokenizer.json`.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();

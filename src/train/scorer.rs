@@ -90,7 +90,7 @@ impl FlytScorer {
     /// Scores `n × dim` image and text embeddings (row-major; normalised here as in training).
     pub fn score(&self, image: &[f32], text: &[f32]) -> Result<Vec<f32>> {
         let d = self.dim;
-        if d == 0 || image.len() % d != 0 || image.len() != text.len() {
+        if d == 0 || !image.len().is_multiple_of(d) || image.len() != text.len() {
             return Err(Error::Config(format!(
                 "the FLYT head takes {d}-d embeddings; got {} image and {} text values",
                 image.len(),
@@ -177,10 +177,7 @@ impl MixWeights {
 
     /// The mixed score of one row of column values (in [`MixWeights::columns`] order).
     pub fn mix(&self, values: &[f64]) -> f64 {
-        let mut s = self.bias;
-        for k in 0..self.columns.len().min(values.len()) {
-            s += self.weight[k] * (values[k] - self.mean[k]) / self.std[k];
-        }
-        s
+        let terms = values.iter().zip(&self.weight).zip(self.mean.iter().zip(&self.std));
+        self.bias + terms.map(|((x, w), (m, s))| w * (x - m) / s).sum::<f64>()
     }
 }

@@ -210,6 +210,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  failed: {}: {}", f["name"].as_str().unwrap_or(""), f["error"].as_str().unwrap_or(""));
     }
     println!("manifest: {}", crate::shards::show(&out.join("manifest.json")));
+    let failed = m["failed"].as_array().map(|a| a.len()).unwrap_or(0);
     if let Some(dir) = reshard {
         let subset = flyt::SubsetCounts::read(out.join("subset.npy"))?;
         let tars: Vec<PathBuf> = crate::shards::expand_shards(&inputs)?;
@@ -220,6 +221,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             report.output_shards,
             crate::shards::show(&dir),
             report.not_found.len()
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} shard(s) failed (listed in {}); the subset covers the rest",
+            crate::shards::show(&out.join("manifest.json"))
         );
     }
     Ok(())

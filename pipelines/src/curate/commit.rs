@@ -34,7 +34,7 @@ pub enum Part {
     /// A sample whose image could not be decoded for embedding.
     Unreadable(Rejected),
     /// A sidecar's read: its counts, its rejected rows, the prefix used.
-    Sidecar(ShardStats, Vec<Rejected>, String),
+    Sidecar(Box<(ShardStats, Vec<Rejected>, String)>),
 }
 
 /// What the commit step needs to know.
@@ -92,7 +92,7 @@ pub fn commit_shards<'s>(
                             Part::Col(c) => p.cols.push(c),
                             Part::Event(e) => p.events.push(e),
                             Part::Unreadable(r) => p.unreadable.push(r),
-                            Part::Sidecar(s, r, prefix) => p.sidecar = Some((s, r, prefix)),
+                            Part::Sidecar(b) => p.sidecar = Some(*b),
                         }
                     }
                 });
@@ -103,7 +103,7 @@ pub fn commit_shards<'s>(
                 match finish(&ctx, pending) {
                     Ok(Some((rows, summary))) => {
                         session.give(Out::Rows(rows));
-                        session.give(Out::Sink(SinkEvent::Committed(summary)));
+                        session.give(Out::Sink(SinkEvent::Committed(Box::new(summary))));
                     }
                     Ok(None) => {}
                     Err((name, error)) => {

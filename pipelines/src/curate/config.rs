@@ -173,7 +173,7 @@ impl CurateConfig {
         if self.output.dir.as_os_str().is_empty() {
             anyhow::bail!("no output directory: give --out DIR (or [output] dir in the config)");
         }
-        if !(self.sample.alpha >= 0.0) {
+        if self.sample.alpha.is_nan() || self.sample.alpha < 0.0 {
             anyhow::bail!("[sample] alpha must be ≥ 0, got {}", self.sample.alpha);
         }
         if self.sample.target.is_some() && self.sample.target_ratio.is_some() {

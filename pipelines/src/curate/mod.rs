@@ -71,7 +71,7 @@ pub struct ShardSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkEvent {
     /// A shard committed (or replayed).
-    Committed(ShardSummary),
+    Committed(Box<ShardSummary>),
     /// A committed shard was replaced and its rows retracted.
     Retracted {
         /// Its name.

@@ -121,7 +121,7 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Progress) {
                 }
             }
             state.failed.remove(&s.name);
-            state.shards.insert(s.name.clone(), s);
+            state.shards.insert(s.name.clone(), *s);
         }
         SinkEvent::Retracted { name } => {
             state.shards.remove(&name);

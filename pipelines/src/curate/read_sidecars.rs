@@ -47,7 +47,7 @@ pub fn read_sidecars<'s>(
                         if !emb.ids.is_empty() {
                             session.give(Out::Emb(emb));
                         }
-                        session.give(Out::Part(Part::Sidecar(stats, rejects, prefix)));
+                        session.give(Out::Part(Part::Sidecar(Box::new((stats, rejects, prefix)))));
                     }
                     Err(e) => session
                         .give(Out::Part(Part::Event(ShardEvent::Failed { path: parquet, error: format!("{e:#}") }))),

@@ -59,13 +59,13 @@ pub fn replay_shards<'s>(
                                 for u in super::pool_rows(&scores) {
                                     session.give(Out::Update((u, t, 1)));
                                 }
-                                session.give(Out::Sink(SinkEvent::Committed(ShardSummary {
+                                session.give(Out::Sink(SinkEvent::Committed(Box::new(ShardSummary {
                                     name,
                                     rows: scores.ids.len() as u64,
                                     stats: record.stats,
                                     replayed: true,
                                     via: record.via,
-                                })));
+                                }))));
                             }
                             Err(e) => {
                                 tracing::warn!(shard = %name, error = %e, "cannot replay a committed shard");

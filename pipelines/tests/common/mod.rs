@@ -41,3 +41,50 @@ pub fn bpe() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/clip/bpe_simple_vocab_16e6.txt.gz"))
 }
+
+/// Per uid: the kept row's (shard, key) and its CLIP score.
+pub type Rows = std::collections::BTreeMap<flyt::Uid, ((String, String), f32)>;
+
+/// The CLIP score of every uid of a sidecar pool directory (`*.parquet` + `*.npz` with `b32_*`), one row per
+/// uid: the first row of a file, and of files the least (name, row). The batch reference for `flyt curate`.
+pub fn sidecar_rows(dir: &Path) -> (Rows, usize) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect();
+    files.sort();
+    let mut best: Rows = Default::default();
+    let mut rows = 0;
+    for f in files {
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let (img, n, d) = flyt::read_npz_matrix(f.with_extension("npz"), "b32_img").unwrap();
+        let (txt, _, _) = flyt::read_npz_matrix(f.with_extension("npz"), "b32_txt").unwrap();
+        assert_eq!(n * d, img.len());
+        let meta = flyt::read_metadata(&f).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for r in meta.rows {
+            if !seen.insert(r.uid) {
+                continue;
+            }
+            rows += 1;
+            let s = flyt::methods::clip_score(&img[r.row * d..(r.row + 1) * d], &txt[r.row * d..(r.row + 1) * d], d)
+                .unwrap()[0];
+            let key = (stem.clone(), format!("{:09}", r.row));
+            match best.get(&r.uid) {
+                Some((k, _)) if *k <= key => {}
+                _ => {
+                    best.insert(r.uid, (key, s));
+                }
+            }
+        }
+    }
+    (best, rows)
+}
+
+/// [`sidecar_rows`]' CLIP scores.
+pub fn sidecar_clip_scores(dir: &Path) -> std::collections::BTreeMap<flyt::Uid, f32> {
+    sidecar_rows(dir).0.into_iter().map(|(u, (_, s))| (u, s)).collect()
+}
