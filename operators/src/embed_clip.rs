@@ -30,6 +30,9 @@ pub struct EmbedCounters {
     pub micros: AtomicU64,
 }
 
+/// Batches handed to the embedder per activation.
+const CHUNK: usize = 4;
+
 /// Records waiting per timestamp, with the capability to emit their results.
 pub(crate) type Stash<T, D> = BTreeMap<T, (Capability<T>, Vec<D>)>;
 
@@ -41,9 +44,9 @@ enum Out {
 
 /// Embeds samples with a loaded [`Embedder`], on the worker that holds them (pixels never move).
 ///
-/// Samples are stashed per timestamp; a batch of `batch` samples runs as soon as that many are waiting, and a
-/// partial batch once its timestamp is complete. One batch runs per activation (the operator re-activates
-/// itself while work is left), so a large shard never holds a worker for long. Output batches keep their
+/// Samples are stashed per timestamp; batches of `batch` samples run as soon as that many are waiting (up to four
+/// per activation, so preprocessing overlaps the model), and a partial batch once its timestamp is complete.
+/// The operator re-activates itself while work is left, so a large shard never holds a worker for long. Output batches keep their
 /// samples' timestamp and order.
 pub trait EmbedClip<'scope, T: Timestamp> {
     /// Returns (embedding batches, rejected samples).
@@ -84,13 +87,19 @@ impl<'scope, T: Timestamp + TotalOrder> EmbedClip<'scope, T> for Stream<'scope, 
                         .map(|(t, _)| t.clone());
                     if let Some(t) = ready {
                         let (cap, samples) = stash.get_mut(&t).expect("found above");
-                        let n = samples.len().min(batch);
+                        // Up to CHUNK full batches per activation: inside one call the embedder preprocesses the
+                        // next batch on its worker pool while the model runs the current one.
+                        let n = if samples.len() >= batch {
+                            samples.len().min(CHUNK * batch) / batch * batch
+                        } else {
+                            samples.len()
+                        };
                         let take: Vec<Sample> = samples.drain(..n).collect();
                         let started = std::time::Instant::now();
                         let (emb, rejects) = embedder.embed(take.into_iter());
                         counters.batches.fetch_add(1, Ordering::Relaxed);
                         counters.rows.fetch_add(emb.ids.len() as u64, Ordering::Relaxed);
-                        counters.capacity.fetch_add(batch as u64, Ordering::Relaxed);
+                        counters.capacity.fetch_add(n.div_ceil(batch) as u64 * batch as u64, Ordering::Relaxed);
                         counters.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         let mut session = output.session(cap);
                         if !emb.ids.is_empty() {

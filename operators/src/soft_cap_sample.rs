@@ -23,6 +23,8 @@ pub struct ScsCounters {
     pub target: AtomicU64,
     /// Scores refused because they were not finite (NaN or ±∞); those uids stay out of the pool.
     pub non_finite: AtomicU64,
+    /// Microseconds spent applying changes.
+    pub micros: AtomicU64,
 }
 
 /// Soft Cap Sampling over a changing pool: the output collection holds each selected uid with its count as
@@ -98,6 +100,7 @@ where
                             return;
                         };
                         let (cap, mut updates) = stash.remove(&t).expect("first key");
+                        let started = std::time::Instant::now();
                         consolidate(&mut updates);
                         if let Some(scs) = scs.as_mut() {
                             let removed: Vec<Uid> = updates.iter().filter(|(_, r)| *r < 0).map(|((u, _), _)| *u).collect();
@@ -123,6 +126,7 @@ where
                             for (uid, delta) in scs.changes() {
                                 session.give((uid, t.clone(), delta as isize));
                             }
+                            counters.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         }
                         if stash.keys().next().is_some_and(|t| !frontier.less_equal(t)) {
                             activator.activate();

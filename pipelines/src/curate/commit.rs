@@ -51,6 +51,8 @@ pub struct CommitCtx {
     pub store: bool,
     /// The prefix for stored embeddings.
     pub store_prefix: String,
+    /// Progress counters (commit time).
+    pub progress: Arc<super::Progress>,
 }
 
 #[derive(Default)]
@@ -100,7 +102,12 @@ pub fn commit_shards<'s>(
                 let Some(t) = stash.keys().next().copied().filter(|t| !frontier.less_equal(t)) else { return };
                 let (cap, pending) = stash.remove(&t).expect("first key");
                 let mut session = output.session(&cap);
-                match finish(&ctx, pending) {
+                let started = std::time::Instant::now();
+                let done = finish(&ctx, pending);
+                ctx.progress
+                    .commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                match done {
                     Ok(Some((rows, summary))) => {
                         session.give(Out::Rows(rows));
                         session.give(Out::Sink(SinkEvent::Committed(Box::new(summary))));

@@ -144,6 +144,8 @@ pub struct Summary {
     pub manifest: serde_json::Value,
     /// The progress line at the end.
     pub line: String,
+    /// Seconds per stage in this process (see [`Progress::stage_seconds`]).
+    pub stages: Vec<(&'static str, f64)>,
 }
 
 fn clip_identity(dir: &std::path::Path) -> anyhow::Result<String> {
@@ -262,7 +264,7 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> anyhow::Resul
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("; "));
     }
-    let mut summary = Summary { line: progress.line(), ..Default::default() };
+    let mut summary = Summary { line: progress.line(), stages: progress.stage_seconds(), ..Default::default() };
     if process == 0 {
         let m = shared.config.output.dir.join("manifest.json");
         summary.manifest = serde_json::from_slice(&std::fs::read(&m).with_context(|| format!("{}", m.display()))?)?;
@@ -384,7 +386,8 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> a
             parts.push(events.map(Part::Event));
             parts.push(unreadable.map(Part::Unreadable));
         }
-        let (side_emb, side_parts) = read_sidecars::read_sidecars(jobs.clone(), cfg.input.prefix.clone());
+        let (side_emb, side_parts) =
+            read_sidecars::read_sidecars(jobs.clone(), cfg.input.prefix.clone(), shared.progress.clone());
         embeddings.push(side_emb);
         parts.push(side_parts);
         let embeddings = scope.concatenate(embeddings);
@@ -400,9 +403,11 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> a
             has_model: embedder.as_ref().map(|_| "clip".to_string()),
             store: cfg.embed.store,
             store_prefix: "clip".into(),
+            progress: shared.progress.clone(),
         });
         let (rows, commit_events) = commit_shards(scope.concatenate(parts), ctx);
-        let (replayed, replay_events) = replay::replay_shards(jobs.clone(), layout.clone(), shared.columns.clone());
+        let (replayed, replay_events) =
+            replay::replay_shards(jobs.clone(), layout.clone(), shared.columns.clone(), shared.progress.clone());
         let fresh = replay::commit_updates(rows);
 
         // The pool, one row per uid, scored, sampled.

@@ -31,6 +31,12 @@ pub struct Progress {
     pub scs: Arc<ScsCounters>,
     /// Subset publications.
     pub published: AtomicU64,
+    /// Microseconds spent committing shards (gathering, writing score tables, digests, records).
+    pub commit_micros: AtomicU64,
+    /// Microseconds spent reading sidecars and replaying committed shards.
+    pub read_micros: AtomicU64,
+    /// Microseconds spent publishing (subset + manifest).
+    pub publish_micros: AtomicU64,
     /// Set when the run is over (stops the display).
     pub finished: AtomicBool,
 }
@@ -48,6 +54,9 @@ impl Default for Progress {
             embed: Default::default(),
             scs: Default::default(),
             published: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            read_micros: AtomicU64::new(0),
+            publish_micros: AtomicU64::new(0),
             finished: AtomicBool::new(false),
         }
     }
@@ -92,6 +101,19 @@ impl Progress {
             self.scs.target.load(Ordering::Relaxed)
         ));
         s
+    }
+
+    /// Seconds per stage so far in this process (embedding batches, sidecar reads and replays, commits, the
+    /// sampler, publication), summed over workers.
+    pub fn stage_seconds(&self) -> Vec<(&'static str, f64)> {
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        vec![
+            ("embed", s(&self.embed.micros)),
+            ("read", s(&self.read_micros)),
+            ("commit", s(&self.commit_micros)),
+            ("scs", s(&self.scs.micros)),
+            ("publish", s(&self.publish_micros)),
+        ]
     }
 
     /// Starts the display thread: a spinner line on a terminal, else a log line every 10 s.

@@ -80,7 +80,10 @@ pub fn publish_subset<'s>(events: Stream<'s, u64, Vec<SinkEvent>>, ctx: PublishC
                 let end = bound == u64::MAX;
                 if dirty || (end && !finished) {
                     if end || last.elapsed() >= ctx.every {
-                        match publish(&ctx, &mut state, bound) {
+                        let started = Instant::now();
+                        let published = publish(&ctx, &mut state, bound);
+                        ctx.progress.publish_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        match published {
                             Ok(()) => {
                                 ctx.progress.published.fetch_add(1, Ordering::Relaxed);
                                 dirty = false;

@@ -26,6 +26,7 @@ enum Out {
 pub fn read_sidecars<'s>(
     jobs: Stream<'s, u64, Vec<Job>>,
     prefix: Option<String>,
+    progress: std::sync::Arc<super::Progress>,
 ) -> (Stream<'s, u64, Vec<Embeddings>>, Stream<'s, u64, Vec<Part>>) {
     let scope = jobs.scope();
     let out = jobs.unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(Pipeline, "ReadSidecars", move |_, info| {
@@ -42,7 +43,12 @@ pub fn read_sidecars<'s>(
             });
             if let Some((cap, name, parquet, npz)) = queue.pop_front() {
                 let mut session = output.session(&cap);
-                match read_sidecar(&name, &parquet, &npz, prefix.as_deref()) {
+                let started = std::time::Instant::now();
+                let read = read_sidecar(&name, &parquet, &npz, prefix.as_deref());
+                progress
+                    .read_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                match read {
                     Ok((emb, stats, rejects, prefix)) => {
                         if !emb.ids.is_empty() {
                             session.give(Out::Emb(emb));

@@ -31,12 +31,14 @@ pub fn replay_shards<'s>(
     jobs: Stream<'s, u64, Vec<Job>>,
     layout: Layout,
     columns: Arc<Vec<String>>,
+    progress: Arc<super::Progress>,
 ) -> (Stream<'s, u64, Vec<PoolUpdate>>, Stream<'s, u64, Vec<SinkEvent>>) {
     let scope = jobs.scope();
     let out = jobs.unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(Pipeline, "ReplayShards", move |_, info| {
         let activator = scope.activator_for(info.address);
         let mut queue: VecDeque<(Capability<u64>, Job)> = VecDeque::new();
         move |input, output| {
+            let started_all = std::time::Instant::now();
             input.for_each(|cap, data| {
                 let Some(c) = cap.retain_least(0) else { return };
                 for j in data.drain(..) {
@@ -83,6 +85,9 @@ pub fn replay_shards<'s>(
                     _ => {}
                 }
             }
+            progress
+                .read_micros
+                .fetch_add(started_all.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             if !queue.is_empty() {
                 activator.activate();
             }
