@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 # without language detection: lingua's model data would put the binary over the carry limit
 cargo build --release -p flyt-pipelines --bin flyt --no-default-features
 bench=$(cargo bench --bench flyt_step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+curate=$(cargo bench -p flyt-pipelines --no-default-features --bench curate --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 rm -rf gpu-bundle
 mkdir -p gpu-bundle
 cp target/release/flyt gpu-bundle/flyt
 cp "$bench" gpu-bundle/flyt_step
-strip gpu-bundle/flyt gpu-bundle/flyt_step 2>/dev/null || true
+cp "$curate" gpu-bundle/curate_bench
+strip gpu-bundle/flyt gpu-bundle/flyt_step gpu-bundle/curate_bench 2>/dev/null || true
 cat > gpu-bundle/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the bundled flyt against this machine's torch (its python3's torch package, 2.11.0 expected).
@@ -29,5 +31,5 @@ mkdir -p gpu-bundle/py
 cp scripts/py/*.py gpu-bundle/py/
 cp .venv/clip/bpe_simple_vocab_16e6.txt.gz gpu-bundle/py/
 size=$(du -sm gpu-bundle | cut -f1)
-echo "gpu-bundle/: ${size} MiB (flyt, flyt_step bench, run.sh, py/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
+echo "gpu-bundle/: ${size} MiB (flyt, flyt_step and curate benches, run.sh, py/ check scripts). On a GPU machine: bash scripts/gpu-check.sh"
 [ "$size" -lt 64 ] || { echo "gpu-bundle is over 64 MiB" >&2; exit 1; }

@@ -24,6 +24,12 @@ for bs in 512 1024; do
     | grep -E "embedded|Elapsed|Maximum resident|Percent of CPU"
 done
 
+echo "== curate end to end (issue 6): 8 x 1250 JPEGs (256 px) -> decode -> ViT-B/32 (random, bf16) -> score -> SCS,"
+echo "   against embedding alone and the image tower alone in the same run"
+for w in 1 2; do
+  FLYT_CLIP_BPE=$B/py/bpe_simple_vocab_16e6.txt.gz FLYT_BIN=curate_bench timeout 300 $B/run.sh --bench e2e 8 1250 b32 cuda 512 $w
+done
+
 echo "== FLYT step vs plain CLIP step (issue 5), embedding mode at the paper's batch sizes"
 FLYT_BIN=flyt_step timeout 300 $B/run.sh --bench 4096 3072 1000 512 cuda
 echo "== FLYT step vs plain CLIP step, full mode, random ViT-B/32 (f32, double-backward JVP)"

@@ -269,3 +269,35 @@ fn two_processes_on_localhost_equal_the_oracle() {
     same(&subset(&p.join("out")), &want, "2 processes");
     assert_eq!(manifest(&p.join("out"))["pool"]["rows"].as_u64().unwrap() as usize, rows);
 }
+
+#[test]
+fn the_example_config_runs_and_bad_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    pool(&p.join("pool"), 2, 0, 9);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline.toml");
+    let example = example.to_str().unwrap();
+    ok(flyt(&["curate", "--config", example, "--shards", "pool", "--out", "out", "--target", "100"], p));
+    let m = manifest(&p.join("out"));
+    assert_eq!(m["subset"]["samples"], 100);
+    assert_eq!(m["config"]["sample"]["alpha"], 0.15);
+
+    std::fs::write(p.join("bad.toml"), "[sample]\nalpah = 0.2\n").unwrap();
+    let o = flyt(&["curate", "--config", "bad.toml", "--shards", "pool", "--out", "out2"], p);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("bad.toml") && err.contains("alpah"), "{err}");
+    let o = flyt(&["curate", "--shards", "pool", "--out", "out3", "--alpha=-1"], p);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("alpha"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = flyt(&["curate", "--out", "out4"], p);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no shards"));
+    // A damaged sidecar fails its shard (named, with the file and reason) and the rest is curated.
+    std::fs::write(p.join("pool/00000001.npz"), b"not a zip").unwrap();
+    let o = flyt(&["curate", "--shards", "pool", "--out", "out5"], p);
+    assert_eq!(o.status.code(), Some(1));
+    let m = manifest(&p.join("out5"));
+    assert_eq!(m["shards"].as_array().unwrap().len(), 1);
+    let failed = &m["failed"][0];
+    assert_eq!(failed["name"], "00000001");
+    assert!(failed["error"].as_str().unwrap().contains("00000001.npz"), "{failed}");
+}
