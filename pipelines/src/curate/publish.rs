@@ -57,7 +57,7 @@ pub fn publish_subset<'s>(events: Stream<'s, u64, Vec<SinkEvent>>, ctx: PublishC
             let activator = scope.activator_for(info.address);
             let mut stash: BTreeMap<u64, Vec<SinkEvent>> = BTreeMap::new();
             let mut state = State::default();
-            let mut dirty = false;
+            let mut dirty = true; // publish once at the start too, so OUT/subset.npy always exists
             let mut finished = false;
             let mut last = Instant::now() - ctx.every;
             move |(input, frontier), _output| {
