@@ -1,11 +1,10 @@
 //! The `flyt` binary end to end: inspect's JSON, exit codes and messages, reshard, synth, demo.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn flyt(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flyt")).args(args).current_dir(cwd).output().expect("running flyt")
-}
+use common::flyt;
+
+use std::process::Output;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

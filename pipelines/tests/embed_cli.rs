@@ -2,27 +2,11 @@
 //! tokenizer, a shard of JPEG and PNG samples (and one undecodable image), embeddings compared with
 //! `CLIPModel` + `CLIPImageProcessor` + `CLIPTokenizer` on the same samples.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{bpe, py_args};
+
 use std::process::Command;
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("FLYT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
-fn bpe() -> PathBuf {
-    std::env::var("FLYT_CLIP_BPE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/clip/bpe_simple_vocab_16e6.txt.gz"))
-}
-
-fn py(script: &str, args: &[&str]) -> String {
-    let o = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
 
 const MAKE_MODEL: &str = r##"
 import sys, torch
@@ -78,7 +62,7 @@ print(len(keys), float(np.abs(ours_img - ref_img).max()), float(np.abs(ours_txt 
 fn embed_matches_transformers_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    py(
+    py_args(
         MAKE_MODEL,
         &[model.to_str().unwrap(), bpe().to_str().unwrap(), concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/py")],
     );
@@ -125,7 +109,7 @@ fn embed_matches_transformers_and_resumes() {
     ];
     let o = Command::new(flyt).args(args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report = py(REFERENCE, &[model.to_str().unwrap(), shard.to_str().unwrap(), out.to_str().unwrap(), "b32"]);
+    let report = py_args(REFERENCE, &[model.to_str().unwrap(), shard.to_str().unwrap(), out.to_str().unwrap(), "b32"]);
     let parts: Vec<&str> = report.split_whitespace().collect();
     assert_eq!(parts[0], "24", "{report}");
     for (what, v) in ["image", "text", "score"].iter().zip(&parts[1..4]) {
@@ -182,7 +166,7 @@ fn embed_matches_transformers_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("12 images of 3 classes, 2 templates"));
     assert!(String::from_utf8_lossy(&o.stderr).contains("label Some(7)"), "{}", String::from_utf8_lossy(&o.stderr));
-    let check = py(
+    let check = py_args(
         r#"
 import sys, numpy as np, torch
 from transformers import CLIPModel, CLIPTokenizer

@@ -1,38 +1,12 @@
 //! `flyt filter` and `flyt scores` on a DataComp-layout pool written by pyarrow and numpy (float16 `.npz`),
 //! with the expected selections computed independently in python.
 
+mod common;
+
+use common::{flyt, ok, py};
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn flyt(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flyt")).args(args).current_dir(cwd).output().expect("running flyt")
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("FLYT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(p.exists(), "{} is missing: run `./x test`", p.display());
-    p
-}
-
-fn py(script: &str, cwd: &Path) -> String {
-    let o = Command::new(python()).arg("-c").arg(script).current_dir(cwd).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "flyt failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::path::Path;
 
 fn subset(path: &Path) -> BTreeSet<String> {
     flyt::read_subset(path).unwrap().into_iter().map(|u| u.to_string()).collect()
@@ -114,7 +88,7 @@ fn datacomp_baselines_select_what_python_expects() {
         let out = d.join(format!("{method}.npy"));
         let mut args = vec!["filter", "--method", method, "--pool", "pool", "--out", out.to_str().unwrap()];
         args.extend_from_slice(extra);
-        ok(&flyt(&args, d));
+        ok(flyt(&args, d));
         subset(&out)
     };
     let all = run("no-filter", &[]);

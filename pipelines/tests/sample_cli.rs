@@ -1,26 +1,8 @@
 //! `flyt sample` end to end, with score files written by pyarrow / numpy and the subset read back by numpy.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn flyt(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flyt")).args(args).current_dir(cwd).output().expect("running flyt")
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("FLYT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(p.exists(), "{} is missing: run `./x test`", p.display());
-    p
-}
-
-fn py(script: &str, cwd: &Path) -> String {
-    let o = Command::new(python()).arg("-c").arg(script).current_dir(cwd).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
+use common::{flyt, py};
 
 #[test]
 fn sample_from_parquet_writes_a_subset_numpy_reads() {

@@ -1,34 +1,10 @@
 //! `flyt train flyt|mflyt` and `flyt score` end to end on a planted pool written by numpy/pyarrow.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn flyt(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flyt")).args(args).current_dir(cwd).output().expect("running flyt")
-}
+use common::{flyt, ok, py};
 
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "flyt failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("FLYT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
-fn py(script: &str, cwd: &Path) -> String {
-    let o = Command::new(python()).arg("-c").arg(script).current_dir(cwd).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
+use std::path::Path;
 
 /// A pool of duplicated downstream pairs, clean but weaker pairs and caption-shuffled pairs over a synthetic
 /// "pretrained" embedding space (class text directions near image directions), a downstream task, and an

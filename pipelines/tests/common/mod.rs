@@ -10,7 +10,8 @@ pub fn flyt(args: &[&str], cwd: &Path) -> Output {
 }
 
 /// Asserts success; returns stdout.
-pub fn ok(o: Output) -> String {
+pub fn ok(o: impl std::borrow::Borrow<Output>) -> String {
+    let o = o.borrow();
     assert!(
         o.status.success(),
         "flyt failed:\n{}\n{}",
@@ -28,9 +29,18 @@ pub fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
 }
 
-/// Runs a python script with arguments in `cwd`; asserts success; returns stdout.
-pub fn py(script: &str, args: &[&str], cwd: &Path) -> String {
-    let o = Command::new(python()).arg("-c").arg(script).args(args).current_dir(cwd).output().unwrap();
+/// Runs a python script in `cwd`; asserts success; returns stdout.
+pub fn py(script: &str, cwd: &Path) -> String {
+    run_py(Command::new(python()).arg("-c").arg(script).current_dir(cwd))
+}
+
+/// Runs a python script with arguments; asserts success; returns stdout.
+pub fn py_args(script: &str, args: &[&str]) -> String {
+    run_py(Command::new(python()).arg("-c").arg(script).args(args))
+}
+
+fn run_py(c: &mut Command) -> String {
+    let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
