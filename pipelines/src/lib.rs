@@ -5,5 +5,6 @@
 pub mod cli;
 pub mod curate;
 pub mod demo;
+pub mod flight;
 pub mod plot;
 pub mod shards;

@@ -84,6 +84,12 @@ pub struct Args {
     /// Without --follow: also write the selected samples, repeated by count, as WebDataset shards here.
     #[arg(long)]
     pub reshard: Option<PathBuf>,
+    /// Also serve the output over Arrow Flight at this address while curating (see `flyt serve`).
+    #[arg(long)]
+    pub serve: Option<std::net::SocketAddr>,
+    /// Flight service options (with --serve).
+    #[command(flatten)]
+    pub flight: super::serve::FlightArgs,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -189,7 +195,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let reshard = config.output.reshard.clone();
     let shard_size = config.output.shard_size;
     let inputs = config.input.shards.clone();
-    let summary = crate::curate::run(config, timely)?;
+    let server = match a.serve {
+        Some(addr) if a.process == 0 => {
+            std::fs::create_dir_all(&out)?;
+            Some(crate::flight::spawn(out.clone(), a.flight.options(addr)?)?)
+        }
+        _ => None,
+    };
+    let summary = crate::curate::run(config, timely);
+    if let Some((stop, handle)) = server {
+        let _ = stop.send(());
+        if let Ok(Err(e)) = handle.join() {
+            eprintln!("flyt: the Flight service stopped: {e:#}");
+        }
+    }
+    let summary = summary?;
     if a.process != 0 {
         return Ok(());
     }

@@ -15,6 +15,7 @@ mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
 mod reshard;
 mod sample;
+mod serve;
 mod synth;
 mod train;
 
@@ -64,6 +65,9 @@ pub enum Command {
     /// embeds and scores them (CLIP score, a FLYT head, an M-FLYT mix with external scores), and keeps
     /// `OUT/subset.npy` (Soft Cap Sampling) and `OUT/manifest.json` up to date. Exactly-once, resumable.
     Curate(curate::Args),
+    /// Serve a curation output directory over Arrow Flight: scores, the live subset and its changes, stats,
+    /// rejects, embeddings; accept external scores and new shard paths (with a bearer token).
+    Serve(serve::Args),
     /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
     Demo(crate::demo::Args),
     /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.
@@ -111,6 +115,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(w) => train::run(w),
         Command::Score(a) => train::run_score(a),
         Command::Curate(a) => curate::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Doctor(a) => doctor::run(a),
     }

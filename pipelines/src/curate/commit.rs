@@ -231,6 +231,7 @@ fn finish(ctx: &CommitCtx, p: Pending) -> Result<Option<(ShardScores, ShardSumma
         stats: stats.clone(),
         embeddings,
         prefix,
+        dim: emb.dim,
         flyt_version: env!("CARGO_PKG_VERSION").into(),
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| fail(e.to_string()))?;

@@ -71,6 +71,9 @@ pub struct ShardRecord {
     pub embeddings: Option<(PathBuf, PathBuf)>,
     /// The npz prefix of the embeddings used.
     pub prefix: String,
+    /// The embedding dimension (0 when unknown).
+    #[serde(default)]
+    pub dim: usize,
     /// The flyt version that wrote it.
     pub flyt_version: String,
 }

@@ -1,0 +1,451 @@
+//! `flyt serve`: an Arrow Flight service over a curation output directory (`flyt curate --out DIR`), running
+//! beside the dataflow (`flyt curate --serve ADDR`) or on its own.
+//!
+//! Flights (`ListFlights`; `GetFlightInfo` with a path descriptor; `DoGet` with the tickets it returns):
+//! - `scores`: per-shard score tables (`uid`, `key`, `shard`, the method columns, `score` = what SCS samples
+//!   by), one endpoint per shard so clients read in parallel;
+//! - `subset`: the current subset (`uid`, `count`), its version in the schema metadata and the FlightInfo's
+//!   app metadata, split into endpoints of at most `part_rows` rows;
+//! - `stats` (per-shard ingest counts), `rejects` (one endpoint per shard), `embeddings/<shard>`;
+//! - `changes[/<since>]`: subset changes (`version`, `uid`, `delta`) after a version; `DoExchange` with the
+//!   descriptor `changes/<since>` streams them as they happen.
+//!
+//! `DoPut` with descriptor `scores/<name>` stores external method scores (`uid` + float columns) as an
+//! immutable score file the curation joins for M-FLYT; `shards` (a `path` column) links new shard files into
+//! the watched shard directory. Writes need the bearer token (`authorization: Bearer <token>`); reads too
+//! with `auth_reads`. Bad input gets `InvalidArgument` (or `AlreadyExists`, `FailedPrecondition`,
+//! `Unauthenticated`) and changes nothing.
+
+mod put;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use arrow_schema::SchemaRef;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use state::State;
+
+/// How the service runs.
+#[derive(Clone, Debug)]
+pub struct FlightOptions {
+    /// Where to listen (default 127.0.0.1:50051: this machine only).
+    pub addr: SocketAddr,
+    /// The bearer token writes need (no token: writes are refused).
+    pub token: Option<String>,
+    /// Reads need the token too.
+    pub auth_reads: bool,
+    /// TLS certificate and key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest gRPC message, in bytes (both directions).
+    pub max_message_bytes: usize,
+    /// Largest DoPut, in rows.
+    pub max_put_rows: usize,
+    /// Rows per subset endpoint.
+    pub part_rows: usize,
+}
+
+impl Default for FlightOptions {
+    fn default() -> Self {
+        FlightOptions {
+            addr: "127.0.0.1:50051".parse().expect("a valid address"),
+            token: None,
+            auth_reads: false,
+            tls: None,
+            max_message_bytes: 64 << 20,
+            max_put_rows: 10_000_000,
+            part_rows: 1_000_000,
+        }
+    }
+}
+
+/// The Flight service.
+#[derive(Clone)]
+pub struct CurationFlight {
+    state: Arc<Mutex<State>>,
+    opts: Arc<FlightOptions>,
+    versions: tokio::sync::watch::Receiver<u64>,
+}
+
+type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn encode(schema: SchemaRef, batches: BoxStream<'static, Result<RecordBatch, FlightError>>) -> Stream<FlightData> {
+    FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from).boxed()
+}
+
+impl CurationFlight {
+    fn authorize<T>(&self, req: &Request<T>, write: bool) -> Result<(), Status> {
+        if !write && !self.opts.auth_reads {
+            return Ok(());
+        }
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        let Some(token) = &self.opts.token else {
+            tracing::warn!(%peer, "refused a write: the service has no token, so it takes no writes");
+            return Err(Status::unauthenticated("this service takes no writes (it was started without a token)"));
+        };
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        });
+        if ok {
+            Ok(())
+        } else {
+            tracing::warn!(%peer, write, "refused an unauthenticated request");
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, Status> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, Status>> {
+        let state = self.state.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut s = state.lock().map_err(|_| Status::internal("state lock poisoned"))?;
+                f(&mut s)
+            })
+            .await
+            .map_err(internal)?
+        }
+    }
+
+    fn info(state: &mut State, path: &[String], opts: &FlightOptions) -> Result<FlightInfo, Status> {
+        let descriptor = FlightDescriptor::new_path(path.to_vec());
+        let ticket = |t: String| FlightEndpoint::new().with_ticket(Ticket::new(t.into_bytes()));
+        let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+        let shards = state.shards();
+        let (schema, endpoints, total, meta): (SchemaRef, Vec<FlightEndpoint>, i64, String) = match p.as_slice() {
+            ["scores"] => {
+                let cols = shards.first().and_then(|n| state.record(n)).map(|r| r.columns).unwrap_or_else(|| vec!["clip_score".into()]);
+                let rows = state
+                    .current()
+                    .and_then(|v| v.manifest["shards"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s["rows"].as_i64().unwrap_or(0))
+                    .sum();
+                (state::scores_schema(&cols), shards.iter().map(|s| ticket(format!("scores/{s}"))).collect(), rows, String::new())
+            }
+            ["subset"] => {
+                let Some(v) = state.current() else { return Err(Status::unavailable("no subset published yet")) };
+                let n = v.counts.len();
+                let parts = n.div_ceil(opts.part_rows.max(1)).max(1);
+                let meta = serde_json::json!({"version": v.version, "complete": v.manifest["complete"], "frontier": v.manifest["frontier"]});
+                (
+                    state::subset_schema(v),
+                    (0..parts).map(|i| ticket(format!("subset/{}/{i}", v.version))).collect(),
+                    n as i64,
+                    meta.to_string(),
+                )
+            }
+            ["stats"] => (state::stats_schema(), vec![ticket("stats".into())], shards.len() as i64, String::new()),
+            ["rejects"] => (state::rejects_schema(), shards.iter().map(|s| ticket(format!("rejects/{s}"))).collect(), -1, String::new()),
+            ["embeddings", shard] => {
+                let r = state.record(shard).ok_or_else(|| Status::not_found(format!("no committed shard {shard:?}")))?;
+                if r.embeddings.is_none() && r.via != "sidecar" {
+                    return Err(Status::not_found(format!("shard {shard:?} has no stored embeddings")));
+                }
+                let schema = if r.dim > 0 {
+                    state::embeddings_schema(r.dim)
+                } else {
+                    state::embeddings_batch(state, shard).map_err(|e| Status::not_found(format!("{e:#}")))?.schema()
+                };
+                (schema, vec![ticket(format!("embeddings/{shard}"))], r.rows as i64, String::new())
+            }
+            ["changes"] | ["changes", _] => {
+                let since = p.get(1).map(|s| s.parse::<u64>()).transpose().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?.unwrap_or(0);
+                (state::changes_schema(), vec![ticket(format!("changes/{since}"))], -1, String::new())
+            }
+            _ => return Err(Status::not_found(format!("no flight {path:?}; ListFlights names them"))),
+        };
+        let mut info = FlightInfo::new().try_with_schema(&schema).map_err(internal)?.with_descriptor(descriptor).with_total_records(total);
+        info = info.with_endpoints(endpoints);
+        if !meta.is_empty() {
+            info = info.with_app_metadata(meta.into_bytes());
+        }
+        Ok(info)
+    }
+
+    fn ticket_batches(state: &mut State, ticket: &str, opts: &FlightOptions) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let parts: Vec<&str> = ticket.split('/').collect();
+        let nf = |e: anyhow::Error| Status::not_found(format!("{e:#}"));
+        Ok(match parts.as_slice() {
+            ["scores", shard] => {
+                let b = state::scores_batch(state, shard).map_err(nf)?;
+                (b.schema(), vec![b])
+            }
+            ["subset", version, part] => {
+                let (v, i): (u64, usize) = (
+                    version.parse().map_err(|_| Status::invalid_argument("bad subset ticket"))?,
+                    part.parse().map_err(|_| Status::invalid_argument("bad subset ticket"))?,
+                );
+                let ver = state.versions.iter().find(|x| x.version == v).ok_or_else(|| {
+                    Status::failed_precondition(format!("subset version {v} is no longer kept; get the flight info again"))
+                })?;
+                let size = opts.part_rows.max(1);
+                let b = state::subset_batch(ver, i * size..(i + 1) * size).map_err(internal)?;
+                (b.schema(), vec![b])
+            }
+            ["stats"] => {
+                let b = state::stats_batch(state).map_err(internal)?;
+                (b.schema(), vec![b])
+            }
+            ["rejects", shard] => {
+                let b = state::rejects_batch(state, shard).map_err(nf)?;
+                (b.schema(), vec![b])
+            }
+            ["embeddings", shard] => {
+                let b = state::embeddings_batch(state, shard).map_err(nf)?;
+                (b.schema(), vec![b])
+            }
+            ["changes", since] => {
+                let since: u64 = since.parse().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?;
+                let b = state::changes_batch(&changes_after(state, since)?).map_err(internal)?;
+                (b.schema(), vec![b])
+            }
+            _ => return Err(Status::not_found(format!("unknown ticket {ticket:?}"))),
+        })
+    }
+}
+
+/// Changes after `since`; `since` = 0 gives the current subset as one change set from empty.
+fn changes_after(state: &State, since: u64) -> Result<Vec<(u64, Arc<Vec<(flyt::Uid, i64)>>)>, Status> {
+    match state.changes_since(since) {
+        Ok(c) => Ok(c),
+        Err(()) if since == 0 => Ok(state
+            .current()
+            .map(|v| vec![(v.version, Arc::new(v.counts.iter().map(|(u, c)| (*u, *c as i64)).collect()))])
+            .unwrap_or_default()),
+        Err(()) => Err(Status::failed_precondition(format!(
+            "changes since version {since} are no longer kept: read the subset flight, then follow from its version"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for CurationFlight {
+    type HandshakeStream = Stream<HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn handshake(&self, req: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        let mut s = req.into_inner();
+        let first = s.next().await.transpose()?.unwrap_or_default();
+        let out = HandshakeResponse { protocol_version: first.protocol_version, payload: first.payload };
+        Ok(Response::new(stream::iter([Ok(out)]).boxed()))
+    }
+
+    async fn list_flights(&self, req: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&req, false)?;
+        let opts = self.opts.clone();
+        let infos = self
+            .blocking(move |s| {
+                let mut paths: Vec<Vec<String>> =
+                    ["scores", "subset", "stats", "rejects", "changes"].iter().map(|p| vec![p.to_string()]).collect();
+                for shard in s.shards() {
+                    if s.record(&shard).is_some_and(|r| r.embeddings.is_some() || r.via == "sidecar") {
+                        paths.push(vec!["embeddings".into(), shard]);
+                    }
+                }
+                Ok(paths.iter().filter_map(|p| CurationFlight::info(s, p, &opts).ok()).map(Ok).collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(Response::new(stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(&self, req: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&req, false)?;
+        let path = req.into_inner().path;
+        let opts = self.opts.clone();
+        Ok(Response::new(self.blocking(move |s| CurationFlight::info(s, &path, &opts)).await?))
+    }
+
+    async fn poll_flight_info(&self, _req: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("use GetFlightInfo: every flight is ready"))
+    }
+
+    async fn get_schema(&self, req: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        let info = self.get_flight_info(req).await?.into_inner();
+        Ok(Response::new(SchemaResult { schema: info.schema }))
+    }
+
+    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&req, false)?;
+        let ticket = String::from_utf8(req.into_inner().ticket.to_vec()).map_err(|_| Status::invalid_argument("ticket is not UTF-8"))?;
+        let opts = self.opts.clone();
+        let (schema, batches) = self.blocking(move |s| CurationFlight::ticket_batches(s, &ticket, &opts)).await?;
+        let batches: Vec<Result<RecordBatch, FlightError>> = batches.into_iter().map(Ok).collect();
+        Ok(Response::new(encode(schema, stream::iter(batches).boxed())))
+    }
+
+    async fn do_put(&self, req: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&req, true)?;
+        let mut input = req.into_inner();
+        let first = input.next().await.transpose()?.ok_or_else(|| Status::invalid_argument("empty DoPut"))?;
+        let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
+        let rest = stream::once(async { Ok(first) }).chain(input).map_err(FlightError::from);
+        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(rest);
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        while let Some(b) = decoded.next().await {
+            let b = b.map_err(|e| Status::invalid_argument(format!("undecodable record batch: {e}")))?;
+            rows += b.num_rows();
+            if rows > self.opts.max_put_rows {
+                return Err(Status::invalid_argument(format!("batch too large: more than {} rows", self.opts.max_put_rows)));
+            }
+            batches.push(b);
+        }
+        let result = self
+            .blocking(move |s| {
+                let config = s.config().ok_or_else(|| Status::failed_precondition("no curation state yet"))?;
+                let map = |e: put::PutError| match e {
+                    put::PutError::Invalid(m) => Status::invalid_argument(m),
+                    put::PutError::Exists(m) => Status::already_exists(m),
+                    put::PutError::Precondition(m) => Status::failed_precondition(m),
+                    put::PutError::Io(m) => Status::internal(m),
+                };
+                let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+                match p.as_slice() {
+                    ["scores", name] => {
+                        let dir = config.input.scores.ok_or_else(|| {
+                            Status::failed_precondition("the curation has no score directory ([input] scores / --scores)")
+                        })?;
+                        let (n, cols) = put::put_scores(&batches, name, &dir).map_err(map)?;
+                        tracing::info!(file = %name, rows = n, "external scores stored");
+                        Ok(serde_json::json!({"rows": n, "columns": cols, "file": dir.join(format!("{name}.parquet"))}))
+                    }
+                    ["shards"] => {
+                        let dir = config.input.shards.iter().find(|d| d.is_dir()).cloned().ok_or_else(|| {
+                            Status::failed_precondition("the curation watches no shard directory")
+                        })?;
+                        let made = put::put_shards(&batches, &dir).map_err(map)?;
+                        tracing::info!(shards = made.len(), "shard paths linked for ingestion");
+                        Ok(serde_json::json!({"linked": made}))
+                    }
+                    _ => Err(Status::not_found(format!("no writable flight {path:?}: use scores/<name> or shards"))),
+                }
+            })
+            .await?;
+        let out = PutResult { app_metadata: result.to_string().into_bytes().into() };
+        Ok(Response::new(stream::iter([Ok(out)]).boxed()))
+    }
+
+    async fn do_exchange(&self, req: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&req, false)?;
+        let mut input = req.into_inner();
+        let first = input.next().await.transpose()?.ok_or_else(|| Status::invalid_argument("empty DoExchange"))?;
+        let path = first.flight_descriptor.map(|d| d.path).unwrap_or_default();
+        let since = match path.iter().map(|s| s.as_str()).collect::<Vec<_>>().as_slice() {
+            ["changes"] => 0,
+            ["changes", s] => s.parse().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?,
+            _ => return Err(Status::not_found(format!("DoExchange serves changes/<since>, not {path:?}"))),
+        };
+        let backlog = self.blocking(move |s| changes_after(s, since)).await?;
+        let next = backlog.last().map(|(v, _)| *v).unwrap_or(since);
+        let (state, rx) = (self.state.clone(), self.versions.clone());
+        let first_batch = state::changes_batch(&backlog).map_err(internal)?;
+        // The backlog, then one batch per new version until the client goes away or the service stops.
+        let live = stream::unfold((rx, next, state), |(mut rx, seen, state)| async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                let st = state.clone();
+                let got = tokio::task::spawn_blocking(move || st.lock().ok().and_then(|s| s.changes_since(seen).ok()))
+                    .await
+                    .ok()
+                    .flatten();
+                match got {
+                    Some(c) if !c.is_empty() => {
+                        let last = c.last().map(|(v, _)| *v).unwrap_or(seen);
+                        let b = state::changes_batch(&c).map_err(|e| FlightError::ExternalError(e.into()));
+                        return Some((b, (rx, last, state)));
+                    }
+                    Some(_) => continue,
+                    None => return Some((Err(FlightError::protocol("changes fell out of the window; start again")), (rx, u64::MAX, state))),
+                }
+            }
+        });
+        let all = stream::once(async move { Ok(first_batch) }).chain(live).boxed();
+        Ok(Response::new(encode(state::changes_schema(), all)))
+    }
+
+    async fn do_action(&self, _req: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("no actions"))
+    }
+
+    async fn list_actions(&self, _req: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(stream::empty().boxed()))
+    }
+}
+
+/// Serves `out` until `stop` resolves.
+pub async fn serve(out: PathBuf, opts: FlightOptions, stop: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let state = Arc::new(Mutex::new(State::new(&out)));
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let refresher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let st = state.clone();
+                let r = tokio::task::spawn_blocking(move || st.lock().map_err(|_| anyhow::anyhow!("poisoned")).and_then(|mut s| {
+                    let new = s.refresh()?;
+                    Ok(new.then(|| s.current().map(|v| v.version).unwrap_or(0)))
+                }))
+                .await;
+                match r {
+                    Ok(Ok(Some(v))) => {
+                        let _ = tx.send(v);
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not read the curation state"),
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let svc = CurationFlight { state, opts: Arc::new(opts.clone()), versions: rx };
+    let server = FlightServiceServer::new(svc)
+        .max_decoding_message_size(opts.max_message_bytes)
+        .max_encoding_message_size(opts.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &opts.tls {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    tracing::info!(addr = %opts.addr, tls = opts.tls.is_some(), "Flight service listening");
+    let result = builder.add_service(server).serve_with_shutdown(opts.addr, stop).await;
+    refresher.abort();
+    result.map_err(|e| anyhow::anyhow!("Flight service on {}: {e}", opts.addr))
+}
+
+/// Runs [`serve`] on its own runtime in a new thread; the returned sender stops it.
+pub fn spawn(out: PathBuf, opts: FlightOptions) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let handle = std::thread::spawn(move || rt.block_on(serve(out, opts, async move { let _ = rx.await; })));
+    Ok((tx, handle))
+}
