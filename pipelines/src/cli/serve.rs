@@ -79,7 +79,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let opts = a.flight.options(a.addr)?;
     crate::curate::install_stop_signals();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    eprintln!("flyt serve: Arrow Flight on {}{} over {}", a.addr, if opts.tls.is_some() { " (TLS)" } else { "" }, a.out.display());
+    eprintln!(
+        "flyt serve: Arrow Flight on {}{} over {}",
+        a.addr,
+        if opts.tls.is_some() { " (TLS)" } else { "" },
+        a.out.display()
+    );
     rt.block_on(crate::flight::serve(a.out, opts, async {
         while !crate::curate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -100,7 +100,8 @@ impl CurationFlight {
             tracing::warn!(%peer, "refused a write: the service has no token, so it takes no writes");
             return Err(Status::unauthenticated("this service takes no writes (it was started without a token)"));
         };
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         let ok = given.is_some_and(|g| {
             g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
         });
@@ -134,7 +135,11 @@ impl CurationFlight {
         let shards = state.shards();
         let (schema, endpoints, total, meta): (SchemaRef, Vec<FlightEndpoint>, i64, String) = match p.as_slice() {
             ["scores"] => {
-                let cols = shards.first().and_then(|n| state.record(n)).map(|r| r.columns).unwrap_or_else(|| vec!["clip_score".into()]);
+                let cols = shards
+                    .first()
+                    .and_then(|n| state.record(n))
+                    .map(|r| r.columns)
+                    .unwrap_or_else(|| vec!["clip_score".into()]);
                 let rows = state
                     .current()
                     .and_then(|v| v.manifest["shards"].as_array().cloned())
@@ -142,7 +147,12 @@ impl CurationFlight {
                     .iter()
                     .map(|s| s["rows"].as_i64().unwrap_or(0))
                     .sum();
-                (state::scores_schema(&cols), shards.iter().map(|s| ticket(format!("scores/{s}"))).collect(), rows, String::new())
+                (
+                    state::scores_schema(&cols),
+                    shards.iter().map(|s| ticket(format!("scores/{s}"))).collect(),
+                    rows,
+                    String::new(),
+                )
             }
             ["subset"] => {
                 let Some(v) = state.current() else { return Err(Status::unavailable("no subset published yet")) };
@@ -157,9 +167,15 @@ impl CurationFlight {
                 )
             }
             ["stats"] => (state::stats_schema(), vec![ticket("stats".into())], shards.len() as i64, String::new()),
-            ["rejects"] => (state::rejects_schema(), shards.iter().map(|s| ticket(format!("rejects/{s}"))).collect(), -1, String::new()),
+            ["rejects"] => (
+                state::rejects_schema(),
+                shards.iter().map(|s| ticket(format!("rejects/{s}"))).collect(),
+                -1,
+                String::new(),
+            ),
             ["embeddings", shard] => {
-                let r = state.record(shard).ok_or_else(|| Status::not_found(format!("no committed shard {shard:?}")))?;
+                let r =
+                    state.record(shard).ok_or_else(|| Status::not_found(format!("no committed shard {shard:?}")))?;
                 if r.embeddings.is_none() && r.via != "sidecar" {
                     return Err(Status::not_found(format!("shard {shard:?} has no stored embeddings")));
                 }
@@ -171,12 +187,21 @@ impl CurationFlight {
                 (schema, vec![ticket(format!("embeddings/{shard}"))], r.rows as i64, String::new())
             }
             ["changes"] | ["changes", _] => {
-                let since = p.get(1).map(|s| s.parse::<u64>()).transpose().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?.unwrap_or(0);
+                let since = p
+                    .get(1)
+                    .map(|s| s.parse::<u64>())
+                    .transpose()
+                    .map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?
+                    .unwrap_or(0);
                 (state::changes_schema(), vec![ticket(format!("changes/{since}"))], -1, String::new())
             }
             _ => return Err(Status::not_found(format!("no flight {path:?}; ListFlights names them"))),
         };
-        let mut info = FlightInfo::new().try_with_schema(&schema).map_err(internal)?.with_descriptor(descriptor).with_total_records(total);
+        let mut info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(internal)?
+            .with_descriptor(descriptor)
+            .with_total_records(total);
         info = info.with_endpoints(endpoints);
         if !meta.is_empty() {
             info = info.with_app_metadata(meta.into_bytes());
@@ -184,7 +209,11 @@ impl CurationFlight {
         Ok(info)
     }
 
-    fn ticket_batches(state: &mut State, ticket: &str, opts: &FlightOptions) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    fn ticket_batches(
+        state: &mut State,
+        ticket: &str,
+        opts: &FlightOptions,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let parts: Vec<&str> = ticket.split('/').collect();
         let nf = |e: anyhow::Error| Status::not_found(format!("{e:#}"));
         Ok(match parts.as_slice() {
@@ -198,7 +227,9 @@ impl CurationFlight {
                     part.parse().map_err(|_| Status::invalid_argument("bad subset ticket"))?,
                 );
                 let ver = state.versions.iter().find(|x| x.version == v).ok_or_else(|| {
-                    Status::failed_precondition(format!("subset version {v} is no longer kept; get the flight info again"))
+                    Status::failed_precondition(format!(
+                        "subset version {v} is no longer kept; get the flight info again"
+                    ))
                 })?;
                 let size = opts.part_rows.max(1);
                 let b = state::subset_batch(ver, i * size..(i + 1) * size).map_err(internal)?;
@@ -217,7 +248,9 @@ impl CurationFlight {
                 (b.schema(), vec![b])
             }
             ["changes", since] => {
-                let since: u64 = since.parse().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?;
+                let since: u64 = since
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?;
                 let b = state::changes_batch(&changes_after(state, since)?).map_err(internal)?;
                 (b.schema(), vec![b])
             }
@@ -227,14 +260,14 @@ impl CurationFlight {
 }
 
 /// Changes after `since`; `since` = 0 gives the current subset as one change set from empty.
-fn changes_after(state: &State, since: u64) -> Result<Vec<(u64, Arc<Vec<(flyt::Uid, i64)>>)>, Status> {
+fn changes_after(state: &State, since: u64) -> Result<Vec<state::Change>, Status> {
     match state.changes_since(since) {
         Ok(c) => Ok(c),
-        Err(()) if since == 0 => Ok(state
+        Err(state::TooOld) if since == 0 => Ok(state
             .current()
             .map(|v| vec![(v.version, Arc::new(v.counts.iter().map(|(u, c)| (*u, *c as i64)).collect()))])
             .unwrap_or_default()),
-        Err(()) => Err(Status::failed_precondition(format!(
+        Err(state::TooOld) => Err(Status::failed_precondition(format!(
             "changes since version {since} are no longer kept: read the subset flight, then follow from its version"
         ))),
     }
@@ -250,7 +283,10 @@ impl FlightService for CurationFlight {
     type DoActionStream = Stream<arrow_flight::Result>;
     type ListActionsStream = Stream<ActionType>;
 
-    async fn handshake(&self, req: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+    async fn handshake(
+        &self,
+        req: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
         let mut s = req.into_inner();
         let first = s.next().await.transpose()?.unwrap_or_default();
         let out = HandshakeResponse { protocol_version: first.protocol_version, payload: first.payload };
@@ -293,7 +329,8 @@ impl FlightService for CurationFlight {
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&req, false)?;
-        let ticket = String::from_utf8(req.into_inner().ticket.to_vec()).map_err(|_| Status::invalid_argument("ticket is not UTF-8"))?;
+        let ticket = String::from_utf8(req.into_inner().ticket.to_vec())
+            .map_err(|_| Status::invalid_argument("ticket is not UTF-8"))?;
         let opts = self.opts.clone();
         let (schema, batches) = self.blocking(move |s| CurationFlight::ticket_batches(s, &ticket, &opts)).await?;
         let batches: Vec<Result<RecordBatch, FlightError>> = batches.into_iter().map(Ok).collect();
@@ -313,7 +350,10 @@ impl FlightService for CurationFlight {
             let b = b.map_err(|e| Status::invalid_argument(format!("undecodable record batch: {e}")))?;
             rows += b.num_rows();
             if rows > self.opts.max_put_rows {
-                return Err(Status::invalid_argument(format!("batch too large: more than {} rows", self.opts.max_put_rows)));
+                return Err(Status::invalid_argument(format!(
+                    "batch too large: more than {} rows",
+                    self.opts.max_put_rows
+                )));
             }
             batches.push(b);
         }
@@ -330,16 +370,19 @@ impl FlightService for CurationFlight {
                 match p.as_slice() {
                     ["scores", name] => {
                         let dir = config.input.scores.ok_or_else(|| {
-                            Status::failed_precondition("the curation has no score directory ([input] scores / --scores)")
+                            Status::failed_precondition(
+                                "the curation has no score directory ([input] scores / --scores)",
+                            )
                         })?;
                         let (n, cols) = put::put_scores(&batches, name, &dir).map_err(map)?;
                         tracing::info!(file = %name, rows = n, "external scores stored");
                         Ok(serde_json::json!({"rows": n, "columns": cols, "file": dir.join(format!("{name}.parquet"))}))
                     }
                     ["shards"] => {
-                        let dir = config.input.shards.iter().find(|d| d.is_dir()).cloned().ok_or_else(|| {
-                            Status::failed_precondition("the curation watches no shard directory")
-                        })?;
+                        let dir =
+                            config.input.shards.iter().find(|d| d.is_dir()).cloned().ok_or_else(|| {
+                                Status::failed_precondition("the curation watches no shard directory")
+                            })?;
                         let made = put::put_shards(&batches, &dir).map_err(map)?;
                         tracing::info!(shards = made.len(), "shard paths linked for ingestion");
                         Ok(serde_json::json!({"linked": made}))
@@ -352,14 +395,19 @@ impl FlightService for CurationFlight {
         Ok(Response::new(stream::iter([Ok(out)]).boxed()))
     }
 
-    async fn do_exchange(&self, req: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(
+        &self,
+        req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
         self.authorize(&req, false)?;
         let mut input = req.into_inner();
         let first = input.next().await.transpose()?.ok_or_else(|| Status::invalid_argument("empty DoExchange"))?;
         let path = first.flight_descriptor.map(|d| d.path).unwrap_or_default();
         let since = match path.iter().map(|s| s.as_str()).collect::<Vec<_>>().as_slice() {
             ["changes"] => 0,
-            ["changes", s] => s.parse().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?,
+            ["changes", s] => {
+                s.parse().map_err(|_| Status::invalid_argument("changes/<since>: since is a version number"))?
+            }
             _ => return Err(Status::not_found(format!("DoExchange serves changes/<since>, not {path:?}"))),
         };
         let backlog = self.blocking(move |s| changes_after(s, since)).await?;
@@ -384,7 +432,12 @@ impl FlightService for CurationFlight {
                         return Some((b, (rx, last, state)));
                     }
                     Some(_) => continue,
-                    None => return Some((Err(FlightError::protocol("changes fell out of the window; start again")), (rx, u64::MAX, state))),
+                    None => {
+                        return Some((
+                            Err(FlightError::protocol("changes fell out of the window; start again")),
+                            (rx, u64::MAX, state),
+                        ));
+                    }
                 }
             }
         });
@@ -402,7 +455,11 @@ impl FlightService for CurationFlight {
 }
 
 /// Serves `out` until `stop` resolves.
-pub async fn serve(out: PathBuf, opts: FlightOptions, stop: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    out: PathBuf,
+    opts: FlightOptions,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let state = Arc::new(Mutex::new(State::new(&out)));
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let refresher = {
@@ -410,10 +467,12 @@ pub async fn serve(out: PathBuf, opts: FlightOptions, stop: impl std::future::Fu
         tokio::spawn(async move {
             loop {
                 let st = state.clone();
-                let r = tokio::task::spawn_blocking(move || st.lock().map_err(|_| anyhow::anyhow!("poisoned")).and_then(|mut s| {
-                    let new = s.refresh()?;
-                    Ok(new.then(|| s.current().map(|v| v.version).unwrap_or(0)))
-                }))
+                let r = tokio::task::spawn_blocking(move || {
+                    st.lock().map_err(|_| anyhow::anyhow!("poisoned")).and_then(|mut s| {
+                        let new = s.refresh()?;
+                        Ok(new.then(|| s.current().map(|v| v.version).unwrap_or(0)))
+                    })
+                })
                 .await;
                 match r {
                     Ok(Ok(Some(v))) => {
@@ -437,15 +496,29 @@ pub async fn serve(out: PathBuf, opts: FlightOptions, stop: impl std::future::Fu
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     tracing::info!(addr = %opts.addr, tls = opts.tls.is_some(), "Flight service listening");
+    // On shutdown, stop the refresher first: that drops the version sender, which ends the open change
+    // streams, so the graceful shutdown does not wait on them forever.
+    let refresher_handle = refresher.abort_handle();
+    let stop = async move {
+        stop.await;
+        refresher_handle.abort();
+    };
     let result = builder.add_service(server).serve_with_shutdown(opts.addr, stop).await;
     refresher.abort();
     result.map_err(|e| anyhow::anyhow!("Flight service on {}: {e}", opts.addr))
 }
 
 /// Runs [`serve`] on its own runtime in a new thread; the returned sender stops it.
-pub fn spawn(out: PathBuf, opts: FlightOptions) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)> {
+pub fn spawn(
+    out: PathBuf,
+    opts: FlightOptions,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let handle = std::thread::spawn(move || rt.block_on(serve(out, opts, async move { let _ = rx.await; })));
+    let handle = std::thread::spawn(move || {
+        rt.block_on(serve(out, opts, async move {
+            let _ = rx.await;
+        }))
+    });
     Ok((tx, handle))
 }

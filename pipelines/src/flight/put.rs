@@ -43,7 +43,11 @@ pub fn check_name(name: &str) -> Result<(), PutError> {
         && name.len() <= 100
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(PutError::Invalid(format!("bad name {name:?}: use letters, digits, _ - . (not a leading .)"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(PutError::Invalid(format!("bad name {name:?}: use letters, digits, _ - . (not a leading .)")))
+    }
 }
 
 /// Checks score batches and writes them as `<dir>/<name>.parquet` (temporary name, then rename); returns
@@ -52,14 +56,20 @@ pub fn put_scores(batches: &[RecordBatch], name: &str, dir: &Path) -> Result<(us
     check_name(name)?;
     let Some(first) = batches.first() else { return Err(PutError::Invalid("no record batches".into())) };
     let schema = first.schema();
-    let uid_i = schema
-        .index_of("uid")
-        .map_err(|_| PutError::Invalid(format!("no uid column; columns are {:?}", schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>())))?;
+    let uid_i = schema.index_of("uid").map_err(|_| {
+        PutError::Invalid(format!(
+            "no uid column; columns are {:?}",
+            schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        ))
+    })?;
     let mut columns = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
         if i == uid_i {
             if !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-                return Err(PutError::Invalid(format!("column uid is {}, not a string (32 hex characters)", f.data_type())));
+                return Err(PutError::Invalid(format!(
+                    "column uid is {}, not a string (32 hex characters)",
+                    f.data_type()
+                )));
             }
             continue;
         }
@@ -116,11 +126,15 @@ pub fn put_scores(batches: &[RecordBatch], name: &str, dir: &Path) -> Result<(us
     }
     let path = dir.join(format!("{name}.parquet"));
     if path.exists() {
-        return Err(PutError::Exists(format!("{} exists; score files are immutable: put under a new name", path.display())));
+        return Err(PutError::Exists(format!(
+            "{} exists; score files are immutable: put under a new name",
+            path.display()
+        )));
     }
     let mut fields = vec![Field::new("uid", DataType::Utf8, false)];
     fields.extend(columns.iter().map(|c| Field::new(c, DataType::Float64, false)));
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(arrow_array::StringArray::from_iter_values(uids.iter().map(|u| u.to_string())))];
+    let mut arrays: Vec<ArrayRef> =
+        vec![Arc::new(arrow_array::StringArray::from_iter_values(uids.iter().map(|u| u.to_string())))];
     arrays.extend(values.into_iter().map(|v| Arc::new(arrow_array::Float64Array::from(v)) as ArrayRef));
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| PutError::Io(e.to_string()))?;
     let tmp = dir.join(format!(".{name}.parquet.tmp"));
@@ -141,7 +155,8 @@ pub fn put_shards(batches: &[RecordBatch], dir: &Path) -> Result<Vec<PathBuf>, P
         let i = b.schema().index_of("path").map_err(|_| PutError::Invalid("no path column".into()))?;
         let a = b.column(i);
         for r in 0..b.num_rows() {
-            let p = text_at(a, r).ok_or_else(|| PutError::Invalid(format!("row {}: path is null or not a string", paths.len())))?;
+            let p = text_at(a, r)
+                .ok_or_else(|| PutError::Invalid(format!("row {}: path is null or not a string", paths.len())))?;
             paths.push(PathBuf::from(p));
         }
     }
@@ -159,7 +174,10 @@ pub fn put_shards(batches: &[RecordBatch], dir: &Path) -> Result<Vec<PathBuf>, P
             return Err(PutError::Invalid(format!("row {row}: {} is not an absolute path", p.display())));
         }
         if !(crate::shards::is_shard_name(&name) || name.ends_with(".parquet") || name.ends_with(".npz")) {
-            return Err(PutError::Invalid(format!("row {row}: {} is not a shard (.tar, .tar.gz, .tgz) or sidecar", p.display())));
+            return Err(PutError::Invalid(format!(
+                "row {row}: {} is not a shard (.tar, .tar.gz, .tgz) or sidecar",
+                p.display()
+            )));
         }
         check_name(&name).map_err(|_| PutError::Invalid(format!("row {row}: bad file name {name:?}")))?;
         if !p.is_file() {

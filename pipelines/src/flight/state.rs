@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Float64Builder, StringBuilder, UInt32Builder, UInt64Builder, Int64Builder, BooleanBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder, Int64Builder, StringBuilder, UInt32Builder,
+    UInt64Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use flyt::Uid;
@@ -20,6 +23,16 @@ use crate::curate::records::{Layout, ShardRecord};
 const KEEP_VERSIONS: usize = 8;
 /// Changes kept for `since` requests (older requests get the whole subset as one change set).
 const KEEP_CHANGES: usize = 1024;
+
+/// The count changes from one version to the next: (version, (uid, delta) by uid).
+pub type Change = (u64, Arc<Vec<(Uid, i64)>>);
+
+/// External scores by column, then uid.
+pub type External = Arc<HashMap<String, HashMap<Uid, f64>>>;
+
+/// `since` is older than the changes kept.
+#[derive(Debug)]
+pub struct TooOld;
 
 /// One published subset.
 #[derive(Clone, Debug)]
@@ -40,11 +53,11 @@ pub struct State {
     /// Recent versions, newest last.
     pub versions: VecDeque<Version>,
     /// Changes: (version, (uid, count delta)) from the previous version to this one, newest last.
-    pub changes: VecDeque<(u64, Arc<Vec<(Uid, i64)>>)>,
+    pub changes: VecDeque<Change>,
     /// The digest of the last subset read.
     digest: String,
     /// External scores by (column → uid → value), cached for the manifest's external file list.
-    external: Option<(String, Arc<HashMap<String, HashMap<Uid, f64>>>)>,
+    external: Option<(String, External)>,
 }
 
 impl State {
@@ -107,12 +120,12 @@ impl State {
         Ok(true)
     }
 
-    /// Changes after `since`: Ok(list), or Err(()) when `since` is older than what is kept.
-    pub fn changes_since(&self, since: u64) -> Result<Vec<(u64, Arc<Vec<(Uid, i64)>>)>, ()> {
+    /// Changes after `since`, or [`TooOld`] when `since` is older than what is kept.
+    pub fn changes_since(&self, since: u64) -> Result<Vec<Change>, TooOld> {
         if let Some((first, _)) = self.changes.front()
             && since + 1 < *first
         {
-            return Err(());
+            return Err(TooOld);
         }
         Ok(self.changes.iter().filter(|(v, _)| *v > since).cloned().collect())
     }
@@ -141,7 +154,7 @@ impl State {
     }
 
     /// External scores for the mix, read once per list of files.
-    pub fn external(&mut self) -> Arc<HashMap<String, HashMap<Uid, f64>>> {
+    pub fn external(&mut self) -> External {
         let files: Vec<(String, Vec<String>)> = self
             .current()
             .and_then(|v| v.manifest["external_scores"].as_array().cloned())
@@ -149,7 +162,12 @@ impl State {
             .iter()
             .filter(|f| f["error"].is_null())
             .map(|f| {
-                let cols = f["columns"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(String::from)).collect();
+                let cols = f["columns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect();
                 (f["file"].as_str().unwrap_or_default().to_string(), cols)
             })
             .collect();
@@ -220,7 +238,7 @@ pub fn changes_schema() -> SchemaRef {
 }
 
 /// One batch of changes.
-pub fn changes_batch(changes: &[(u64, Arc<Vec<(Uid, i64)>>)]) -> anyhow::Result<RecordBatch> {
+pub fn changes_batch(changes: &[Change]) -> anyhow::Result<RecordBatch> {
     let (mut v, mut d) = (UInt64Builder::new(), Int64Builder::new());
     let mut uids = Vec::new();
     for (ver, c) in changes {
@@ -270,7 +288,8 @@ pub fn scores_batch(state: &mut State, name: &str) -> anyhow::Result<RecordBatch
             }
         }
         None => {
-            let want = config.score.column.clone().unwrap_or_else(|| record.columns.last().cloned().unwrap_or_default());
+            let want =
+                config.score.column.clone().unwrap_or_else(|| record.columns.last().cloned().unwrap_or_default());
             let j = record.columns.iter().position(|c| *c == want);
             for i in 0..t.ids.len() {
                 score.append_option(j.map(|j| t.columns[j][i] as f64));
@@ -363,7 +382,8 @@ pub fn rejects_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch> {
     state.record(name).ok_or_else(|| anyhow::anyhow!("no committed shard {name:?}"))?;
     let path = Layout { out: state.out.clone() }.rejects(name);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    let rows: Vec<flyt::Rejected> = text.lines().filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rows: Vec<flyt::Rejected> =
+        text.lines().filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect();
     let mut m = UInt64Builder::new();
     for r in &rows {
         m.append_value(r.members);
@@ -409,7 +429,12 @@ pub fn embeddings_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch
     let schema = embeddings_schema(e.dim);
     Ok(RecordBatch::try_new(
         schema,
-        vec![strings(e.ids.iter().map(|(u, _)| u.to_string())), strings(e.ids.iter().map(|(_, k)| k)), list(&e.image), list(&e.text)],
+        vec![
+            strings(e.ids.iter().map(|(u, _)| u.to_string())),
+            strings(e.ids.iter().map(|(_, k)| k)),
+            list(&e.image),
+            list(&e.text),
+        ],
     )?)
 }
 

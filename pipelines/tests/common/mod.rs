@@ -98,3 +98,21 @@ pub fn sidecar_rows(dir: &Path) -> (Rows, usize) {
 pub fn sidecar_clip_scores(dir: &Path) -> std::collections::BTreeMap<flyt::Uid, f32> {
     sidecar_rows(dir).0.into_iter().map(|(u, (_, s))| (u, s)).collect()
 }
+
+/// Writes an M-FLYT checkpoint (safetensors + JSON sidecar) mixing `columns` with `weights` (z-scored with
+/// mean 0 and std 1, bias 0).
+pub fn mixer(path: &Path, columns: &[&str], weights: &[f32]) {
+    use tch::{Device, Tensor, nn};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = flyt::train::Mixer::new(&vs.root(), columns.len() as i64);
+    let mut tensors = m.parameters();
+    tch::no_grad(|| {
+        tensors[0].1.copy_(&Tensor::from_slice(weights).view([1, columns.len() as i64]));
+        tensors[1].1.copy_(&Tensor::from_slice(&[0.0f32]));
+    });
+    tensors.extend(m.buffers());
+    let named: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    Tensor::write_safetensors(&named, path).unwrap();
+    let meta = serde_json::json!({"meta": {"kind": "mflyt", "columns": columns}});
+    std::fs::write(path.with_extension("json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+}
