@@ -217,10 +217,6 @@ impl CurationFlight {
         let parts: Vec<&str> = ticket.split('/').collect();
         let nf = |e: anyhow::Error| Status::not_found(format!("{e:#}"));
         Ok(match parts.as_slice() {
-            ["scores", shard] => {
-                let b = state::scores_batch(state, shard).map_err(nf)?;
-                (b.schema(), vec![b])
-            }
             ["subset", version, part] => {
                 let (v, i): (u64, usize) = (
                     version.parse().map_err(|_| Status::invalid_argument("bad subset ticket"))?,
@@ -332,7 +328,19 @@ impl FlightService for CurationFlight {
         let ticket = String::from_utf8(req.into_inner().ticket.to_vec())
             .map_err(|_| Status::invalid_argument("ticket is not UTF-8"))?;
         let opts = self.opts.clone();
-        let (schema, batches) = self.blocking(move |s| CurationFlight::ticket_batches(s, &ticket, &opts)).await?;
+        let (schema, batches) = if let Some(shard) = ticket.strip_prefix("scores/") {
+            // Plan under the state's lock, read the table without it.
+            let shard = shard.to_string();
+            let plan = self
+                .blocking(move |s| state::scores_plan(s, &shard).map_err(|e| Status::not_found(format!("{e:#}"))))
+                .await?;
+            let schema = plan.schema();
+            let batches =
+                tokio::task::spawn_blocking(move || plan.batches()).await.map_err(internal)?.map_err(internal)?;
+            (schema, batches)
+        } else {
+            self.blocking(move |s| CurationFlight::ticket_batches(s, &ticket, &opts)).await?
+        };
         let batches: Vec<Result<RecordBatch, FlightError>> = batches.into_iter().map(Ok).collect();
         Ok(Response::new(encode(schema, stream::iter(batches).boxed())))
     }

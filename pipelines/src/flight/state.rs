@@ -264,50 +264,88 @@ pub fn scores_schema(columns: &[String]) -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
-/// A shard's score table, with the score the sampler uses.
-pub fn scores_batch(state: &mut State, name: &str) -> anyhow::Result<RecordBatch> {
+/// What serving a shard's score table needs, taken from the state under its lock; the table itself is read
+/// without it ([`ScoresPlan::batches`]), so DoGets run in parallel.
+pub struct ScoresPlan {
+    path: PathBuf,
+    name: String,
+    columns: Vec<String>,
+    mix: Option<(MixWeights, External)>,
+    column: Option<usize>,
+}
+
+/// Plans serving shard `name`'s score table.
+pub fn scores_plan(state: &mut State, name: &str) -> anyhow::Result<ScoresPlan> {
     let record = state.record(name).ok_or_else(|| anyhow::anyhow!("no committed shard {name:?}"))?;
     let config = state.config().unwrap_or_default();
-    let cols: Vec<&str> = record.columns.iter().map(|s| s.as_str()).collect();
-    let t = flyt::read_score_table(Layout { out: state.out.clone() }.scores(name), &cols)?;
-    let mut score = Float64Builder::with_capacity(t.ids.len());
-    match &config.score.mixer {
-        Some(m) => {
-            let w = MixWeights::load(m)?;
-            let external = state.external();
-            for (i, (uid, _)) in t.ids.iter().enumerate() {
-                let values: Option<Vec<f64>> = w
-                    .columns
-                    .iter()
-                    .map(|c| match record.columns.iter().position(|x| x == c) {
-                        Some(j) => Some(t.columns[j][i] as f64),
-                        None => external.get(c).and_then(|m| m.get(uid)).copied(),
-                    })
-                    .collect();
-                score.append_option(values.map(|v| w.mix(&v)));
-            }
-        }
-        None => {
-            let want =
-                config.score.column.clone().unwrap_or_else(|| record.columns.last().cloned().unwrap_or_default());
-            let j = record.columns.iter().position(|c| *c == want);
-            for i in 0..t.ids.len() {
-                score.append_option(j.map(|j| t.columns[j][i] as f64));
-            }
-        }
+    let mix = match &config.score.mixer {
+        Some(m) => Some((MixWeights::load(m)?, state.external())),
+        None => None,
+    };
+    let want = config.score.column.clone().unwrap_or_else(|| record.columns.last().cloned().unwrap_or_default());
+    Ok(ScoresPlan {
+        path: Layout { out: state.out.clone() }.scores(name),
+        name: name.to_string(),
+        column: record.columns.iter().position(|c| *c == want),
+        columns: record.columns,
+        mix,
+    })
+}
+
+impl ScoresPlan {
+    /// The table's schema.
+    pub fn schema(&self) -> SchemaRef {
+        scores_schema(&self.columns)
     }
-    let mut arrays: Vec<ArrayRef> = vec![
-        strings(t.ids.iter().map(|(u, _)| u.to_string())),
-        strings(t.ids.iter().map(|(_, k)| k)),
-        strings(std::iter::repeat_n(name, t.ids.len())),
-    ];
-    for c in &t.columns {
-        let mut b = Float32Builder::with_capacity(c.len());
-        b.append_slice(c);
-        arrays.push(Arc::new(b.finish()));
+
+    /// The table in batches of 64k rows, straight from the parquet file plus `shard` and `score`.
+    pub fn batches(&self) -> anyhow::Result<Vec<RecordBatch>> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Float32Type;
+        let file = std::fs::File::open(&self.path).with_context(|| format!("{}", self.path.display()))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(1 << 16)
+            .build()?;
+        let schema = scores_schema(&self.columns);
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b?;
+            let col = |n: &str| {
+                b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("{}: no column {n}", self.path.display()))
+            };
+            let (uid, key) = (col("uid")?, col("key")?);
+            let values: Vec<ArrayRef> = self.columns.iter().map(|c| col(c)).collect::<anyhow::Result<_>>()?;
+            let f32s: Vec<&arrow_array::Float32Array> =
+                values.iter().map(|a| a.as_primitive::<Float32Type>()).collect();
+            let n = b.num_rows();
+            let mut score = Float64Builder::with_capacity(n);
+            match (&self.mix, self.column) {
+                (Some((w, external)), _) => {
+                    let uids = uid.as_string::<i32>();
+                    for i in 0..n {
+                        let row: Option<Vec<f64>> = w
+                            .columns
+                            .iter()
+                            .map(|c| match self.columns.iter().position(|x| x == c) {
+                                Some(j) => Some(f32s[j].value(i) as f64),
+                                None => Uid::parse_hex(uids.value(i))
+                                    .ok()
+                                    .and_then(|u| external.get(c).and_then(|m| m.get(&u)).copied()),
+                            })
+                            .collect();
+                        score.append_option(row.map(|v| w.mix(&v)));
+                    }
+                }
+                (None, Some(j)) => score.append_slice(&f32s[j].values().iter().map(|v| *v as f64).collect::<Vec<_>>()),
+                (None, None) => score.append_nulls(n),
+            }
+            let mut arrays = vec![uid, key, strings(std::iter::repeat_n(self.name.as_str(), n))];
+            arrays.extend(values);
+            arrays.push(Arc::new(score.finish()));
+            out.push(RecordBatch::try_new(schema.clone(), arrays)?);
+        }
+        Ok(out)
     }
-    arrays.push(Arc::new(score.finish()));
-    Ok(RecordBatch::try_new(scores_schema(&record.columns), arrays)?)
 }
 
 /// Per-shard stats: one row per committed shard.
