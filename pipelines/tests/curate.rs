@@ -1,5 +1,5 @@
 //! `flyt curate` against a from-scratch batch computation (the oracle): the subset is the same for any worker
-//! count, any arrival order, two processes, a SIGKILL and restart, re-delivered and replaced shards, changed
+//! count, any arrival order, two processes, a SIGKILL and restart, re-delivered, replaced and deleted shards, changed
 //! scoring models and external scores that arrive late.
 
 mod common;
@@ -186,6 +186,11 @@ fn following_in_any_arrival_order_with_redelivery_and_replacement() {
         .write(&other)
         .unwrap();
     deliver(&other, "00000005", &watched);
+    // And one shard is deleted: its rows leave the pool.
+    std::thread::sleep(Duration::from_millis(1500));
+    for ext in ["npz", "parquet"] {
+        std::fs::remove_file(watched.join(format!("00000007.{ext}"))).unwrap();
+    }
     let stdout = wait_ok(child);
     assert!(stdout.contains("subset:"), "{stdout}");
     let (want, rows) = oracle(&watched, 0.15, 5, &clip_only);

@@ -260,7 +260,26 @@ impl Watcher {
     pub fn scan(&mut self, first: bool, committed_before: u64) -> Vec<Job> {
         let mut jobs = Vec::new();
         let records = if first { self.layout.records() } else { BTreeMap::new() };
-        for (name, unit) in list_units(&self.dirs, &self.files) {
+        let units = list_units(&self.dirs, &self.files);
+        // Shards whose files are all gone leave the pool (once their job is done).
+        let gone: Vec<(String, u64)> =
+            self.given.iter().filter(|(n, _)| !units.contains_key(*n)).map(|(n, (_, at))| (n.clone(), *at)).collect();
+        for (name, at) in gone {
+            if at >= committed_before {
+                continue;
+            }
+            self.given.remove(&name);
+            if let Some(r) = self.layout.records_one(&name) {
+                match super::records::replay(&self.layout, &r, &self.columns) {
+                    Ok(s) => {
+                        tracing::info!(shard = %name, "deleted from the input; its rows leave the pool");
+                        jobs.push(Job::Retract { name, rows: super::pool_rows(&s) });
+                    }
+                    Err(e) => tracing::warn!(shard = %name, error = %e, "cannot read the deleted shard's rows"),
+                }
+            }
+        }
+        for (name, unit) in units {
             match self.given.get(&name) {
                 None => {
                     let rec = if first { records.get(&name).cloned() } else { self.layout.records_one(&name) };
