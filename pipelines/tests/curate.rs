@@ -6,13 +6,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{flyt, ok};
+use common::{flyt, free_port, manifest, ok, spawn, subset};
+use flyt::Uid;
 use flyt::sampling::{Target, scs};
 use flyt::synth::{SplitMix64, SynthSidecars};
-use flyt::{SubsetCounts, Uid};
 
 /// The batch computation: every sidecar pair in the directory, one row per uid (the least (shard, key)),
 /// CLIP score of the f16 embeddings, then SCS over the whole pool. `score` maps (uid, clip score) to the score
@@ -50,14 +50,6 @@ fn same(got: &BTreeMap<Uid, u32>, want: &BTreeMap<Uid, u32>, what: &str) {
 
 fn clip_only(_: Uid, s: f32) -> Option<f64> {
     Some(s as f64)
-}
-
-fn subset(out: &Path) -> BTreeMap<Uid, u32> {
-    SubsetCounts::read(out.join("subset.npy")).unwrap().iter().collect()
-}
-
-fn manifest(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
 }
 
 fn pool(dir: &Path, shards: usize, first: usize, seed: u64) {
@@ -100,16 +92,6 @@ fn shuffled<T>(mut v: Vec<T>, seed: u64) -> Vec<T> {
         v.swap(i, rng.below(i as u64 + 1) as usize);
     }
     v
-}
-
-fn spawn(args: &[&str], cwd: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flyt"))
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn wait_ok(c: Child) -> String {
@@ -255,8 +237,7 @@ fn two_processes_on_localhost_equal_the_oracle() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     pool(&p.join("pool"), 6, 0, 4);
-    let ports: Vec<u16> =
-        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     std::fs::write(p.join("hosts"), format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).unwrap();
     let run = |i: &str| {
         spawn(

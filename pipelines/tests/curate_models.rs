@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{bpe, flyt, ok};
+use common::{bpe, flyt, manifest, ok, subset};
+use flyt::Uid;
 use flyt::sampling::{Target, scs};
 use flyt::synth::{SynthImage, SynthPool, SynthSidecars};
-use flyt::{SubsetCounts, Uid};
 use tch::{Device, Tensor, nn};
 
 fn tiny_clip(dir: &Path) {
@@ -42,14 +42,6 @@ fn flyt_head(path: &Path, dim: i64, seed: i64) {
     let vs = nn::VarStore::new(Device::Cpu);
     let h = flyt::train::GluHead::new(&vs.root(), dim);
     write_checkpoint(path, h.parameters(), serde_json::json!({"kind": "flyt", "dim": dim}));
-}
-
-fn subset(out: &Path) -> BTreeMap<Uid, u32> {
-    SubsetCounts::read(out.join("subset.npy")).unwrap().iter().collect()
-}
-
-fn manifest(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
 }
 
 fn vias(out: &Path) -> Vec<String> {

@@ -4,30 +4,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, FlightDescriptor};
-use common::{ok, py_args};
+use common::{free_port, ok, py_args, spawn};
 use flyt::synth::SynthSidecars;
 use futures::StreamExt;
 
 const TOKEN: &str = "test-token-0123456789";
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn(args: &[&str], cwd: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flyt"))
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(60);
@@ -158,7 +144,7 @@ fn pyarrow_client_lists_reads_and_writes_during_a_followed_curation() {
         .unwrap();
     std::fs::create_dir_all(p.join("ext")).unwrap();
     common::mixer(&p.join("mix.safetensors"), &["clip_score", "quality"], &[1.0, 0.5]);
-    let port = port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = spawn(
         &[
@@ -214,7 +200,7 @@ fn rust_client_follows_changes_live_and_auth_is_enforced() {
     SynthSidecars { shards: 1, rows_per_shard: 200, dim: 16, first_shard: 2, seed: 13, ..Default::default() }
         .write(&p.join("later"))
         .unwrap();
-    let port = port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = spawn(
         &[
@@ -297,7 +283,7 @@ fn rust_client_follows_changes_live_and_auth_is_enforced() {
     ok(child.wait_with_output().unwrap());
 
     // A service with --auth-reads refuses reads without the token.
-    let port2 = self::port();
+    let port2 = free_port();
     let mut serve =
         spawn(&["serve", "--out", "out", "--addr", &format!("127.0.0.1:{port2}"), "--token", TOKEN, "--auth-reads"], p);
     wait_for("the service", || listening(port2));
@@ -363,7 +349,7 @@ fn tls_serves_tls_only() {
         .output()
         .expect("openssl (Debian's openssl package) makes the test certificate");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let port = port();
+    let port = free_port();
     let mut serve = spawn(
         &[
             "serve",

@@ -10,7 +10,7 @@ mod subset;
 pub use metadata::{MetadataRow, MetadataTable, read_metadata, write_metadata};
 pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
 pub use npz::{read_npz, read_npz_matrix, write_npz};
-pub use pool::{Pool, PoolEmbeddings, read_pool};
+pub use pool::{Pool, PoolEmbeddings, pick_prefix, read_pool};
 pub use scores::{
     RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,
     write_score_table,

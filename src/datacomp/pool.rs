@@ -40,7 +40,8 @@ pub enum PoolEmbeddings {
     Auto,
 }
 
-fn pick_prefix(keys: &[String]) -> Option<String> {
+/// The embedding prefix of an `.npz`'s array names: `l14`, else `b32`, else the only `<p>_img`/`<p>_txt` pair.
+pub fn pick_prefix(keys: &[String]) -> Option<String> {
     for p in ["l14", "b32"] {
         if keys.iter().any(|k| k == &format!("{p}_img")) && keys.iter().any(|k| k == &format!("{p}_txt")) {
             return Some(p.to_string());

@@ -196,7 +196,7 @@ pub fn read_sidecar(
     let keys: Vec<String> = arrays.keys().cloned().collect();
     let prefix = match prefix {
         Some(p) => p.to_string(),
-        None => pick_prefix(&keys).ok_or_else(|| {
+        None => flyt::pick_prefix(&keys).ok_or_else(|| {
             anyhow::anyhow!("{}: no single <prefix>_img/<prefix>_txt pair; arrays: {}", npz.display(), keys.join(", "))
         })?,
     };
@@ -254,18 +254,4 @@ pub fn read_sidecar(
         e.text.extend_from_slice(&txt[r.row * di..(r.row + 1) * di]);
     }
     Ok((e, stats, rejects, prefix))
-}
-
-fn pick_prefix(keys: &[String]) -> Option<String> {
-    for p in ["l14", "b32"] {
-        if keys.iter().any(|k| *k == format!("{p}_img")) && keys.iter().any(|k| *k == format!("{p}_txt")) {
-            return Some(p.to_string());
-        }
-    }
-    let pairs: Vec<&str> = keys
-        .iter()
-        .filter_map(|k| k.strip_suffix("_img"))
-        .filter(|p| keys.iter().any(|k| *k == format!("{p}_txt")))
-        .collect();
-    (pairs.len() == 1).then(|| pairs[0].to_string())
 }

@@ -116,3 +116,29 @@ pub fn mixer(path: &Path, columns: &[&str], weights: &[f32]) {
     let meta = serde_json::json!({"meta": {"kind": "mflyt", "columns": columns}});
     std::fs::write(path.with_extension("json"), serde_json::to_vec(&meta).unwrap()).unwrap();
 }
+
+/// Starts `flyt ARGS` in `cwd` with its output captured.
+pub fn spawn(args: &[&str], cwd: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_flyt"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A free local TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A curation's subset as (uid, count).
+pub fn subset(out: &Path) -> std::collections::BTreeMap<flyt::Uid, u32> {
+    flyt::SubsetCounts::read(out.join("subset.npy")).unwrap().iter().collect()
+}
+
+/// A curation's manifest.
+pub fn manifest(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+}
