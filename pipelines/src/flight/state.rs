@@ -315,13 +315,23 @@ impl ScoresPlan {
             };
             let (uid, key) = (col("uid")?, col("key")?);
             let values: Vec<ArrayRef> = self.columns.iter().map(|c| col(c)).collect::<anyhow::Result<_>>()?;
-            let f32s: Vec<&arrow_array::Float32Array> =
-                values.iter().map(|a| a.as_primitive::<Float32Type>()).collect();
+            let f32s: Vec<&arrow_array::Float32Array> = values
+                .iter()
+                .zip(&self.columns)
+                .map(|(a, c)| {
+                    a.as_primitive_opt::<Float32Type>().ok_or_else(|| {
+                        anyhow::anyhow!("{}: column {c} is {}, not float32", self.path.display(), a.data_type())
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            if uid.as_string_opt::<i32>().is_none() || key.as_string_opt::<i32>().is_none() {
+                anyhow::bail!("{}: uid and key must be utf8 columns", self.path.display());
+            }
             let n = b.num_rows();
             let mut score = Float64Builder::with_capacity(n);
             match (&self.mix, self.column) {
                 (Some((w, external)), _) => {
-                    let uids = uid.as_string::<i32>();
+                    let uids = uid.as_string_opt::<i32>().expect("checked above");
                     for i in 0..n {
                         let row: Option<Vec<f64>> = w
                             .columns
