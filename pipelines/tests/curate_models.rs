@@ -80,6 +80,16 @@ fn clip_model_then_a_changed_flyt_head_rescores_from_stored_embeddings() {
     // A FLYT head now: the scores change, the embeddings are reused.
     run("out", &["--flyt", "a.safetensors"]);
     assert_eq!(vias(&p.join("out")), ["stored"; 3]);
+    let rescored = manifest(&p.join("out"));
+    assert_eq!(rescored["ingest"], m["ingest"], "a re-score keeps the tar read's ingest counts and rejects");
+    let rejects = |d: &str| -> usize {
+        (0..3)
+            .map(|i| {
+                std::fs::read_to_string(p.join(format!("{d}/shards/{i:08}.rejects.jsonl"))).unwrap().lines().count()
+            })
+            .sum()
+    };
+    assert_eq!(rejects("out") as u64, m["ingest"]["rejected"].as_u64().unwrap());
     run("fresh_a", &["--flyt", "a.safetensors"]);
     assert_eq!(subset(&p.join("out")), subset(&p.join("fresh_a")), "re-scored equals a fresh run");
     // The same head again: nothing to do.

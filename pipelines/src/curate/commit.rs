@@ -133,6 +133,21 @@ pub fn commit_shards<'s>(
 
 type Failure = (String, String);
 
+/// The rejects a commit wrote (`OUT/shards/<name>.rejects.jsonl`); unreadable lines are logged and skipped.
+fn read_rejects(path: &std::path::Path) -> Vec<flyt::Rejected> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "an unreadable reject line");
+                None
+            }
+        })
+        .collect()
+}
+
 fn finish(ctx: &CommitCtx, p: Pending) -> Result<Option<(ShardScores, ShardSummary)>, Failure> {
     let Some(Job::Shard { name, inputs, via }) = p.job else { return Ok(None) };
     let fail = |e: String| (name.clone(), e);
@@ -140,6 +155,15 @@ fn finish(ctx: &CommitCtx, p: Pending) -> Result<Option<(ShardScores, ShardSumma
         return Err(fail(error.clone()));
     }
     let (mut stats, mut rejects, prefix) = match (&via, p.sidecar) {
+        (Via::Sidecar { stored: true, .. }, Some((_, _, prefix))) => {
+            // A re-score of a tar read earlier: its ingest counts and rejects are that read's, not the stored
+            // copy's (which holds only the accepted rows).
+            let earlier = ctx
+                .layout
+                .records_one(&name)
+                .ok_or_else(|| fail("the record of the earlier read is unreadable; it will be read again".into()))?;
+            (earlier.stats, read_rejects(&ctx.layout.rejects(&name)), prefix)
+        }
         (Via::Sidecar { .. }, Some(s)) => s,
         (Via::Sidecar { .. }, None) => return Err(fail("the sidecar was not read (see the log)".into())),
         (Via::Model { .. }, _) => {
