@@ -21,6 +21,7 @@
 
 pub mod clip;
 mod datacomp;
+pub mod datasets;
 mod error;
 mod image_info;
 mod ingest;

@@ -78,7 +78,7 @@ impl Embedder {
         if kind == Kind::BFloat16 {
             vs.bfloat16();
         }
-        let tokenizer = ClipTokenizer::from_hf_dir(dir)?;
+        let tokenizer = ClipTokenizer::for_model(dir, model.config())?;
         let size = model.config().vision_config.image_size as usize;
         Ok(Embedder { _vs: vs, model, tokenizer, config, kind, size })
     }

@@ -181,9 +181,21 @@ impl ClipTokenizer {
     pub fn eot(&self) -> u32 {
         self.eot
     }
-    /// The context length (77).
+    /// The context length (77 unless set by [`ClipTokenizer::with_context`]).
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// The same tokenizer with another context length (at least 3, at most 77): for models whose text tower has
+    /// fewer than 77 positions (`max_position_embeddings`). Longer texts are cut, as at 77.
+    pub fn with_context(mut self, context: usize) -> Self {
+        self.context = context.clamp(3, 77);
+        self
+    }
+
+    /// The tokenizer of a Hugging Face CLIP folder, with the context length of its text tower.
+    pub fn for_model(dir: impl AsRef<Path>, config: &crate::clip::ClipConfig) -> Result<Self> {
+        Ok(Self::from_hf_dir(dir)?.with_context(config.text_config.max_position_embeddings.max(0) as usize))
     }
 
     fn bpe(&self, word: &str) -> Vec<u32> {

@@ -14,6 +14,7 @@ mod loss;
 mod mixed;
 mod models;
 mod optim;
+mod pretrain;
 mod scorer;
 mod trainer;
 
@@ -25,6 +26,9 @@ pub use loss::{clip_loss, weighted_clip_loss};
 pub use mixed::weight_gradient;
 pub use models::{GluHead, Mixer};
 pub use optim::{ParamAdamW, cosine_lr, decays};
+pub use pretrain::{
+    EpochOrder, ImageTextStore, PretrainConfig, Pretrained, ZeroShot, class_weights, pretrain_clip, zero_shot,
+};
 pub use scorer::{FlytScorer, MixWeights, file_sha256};
 pub use trainer::{
     DownstreamTask, FlytConfig, FlytState, ReferenceState, ScoringModel, StepLog, UpstreamPool, train_flyt,

@@ -442,7 +442,7 @@ fn run_full(a: TrainArgs, mflyt: bool, dev: Device) -> anyhow::Result<()> {
     }
     let config = ClipConfig::from_file(model_dir.join("config.json"))?;
     let crop = config.vision_config.image_size as usize;
-    let tokenizer = ClipTokenizer::from_hf_dir(&model_dir)?;
+    let tokenizer = ClipTokenizer::for_model(&model_dir, &config)?;
     let embedder = Embedder::load(&model_dir, EmbedderConfig { device: dev, ..Default::default() })?;
     let dim = embedder.dim();
     // upstream: the frozen CLIP's [u; t] for the scoring model, preprocessed images and caption tokens
