@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod curate;
 pub mod demo;
+pub mod eval;
 pub mod flight;
 pub mod plot;
 pub mod shards;

@@ -13,7 +13,7 @@ const FONT_PATHS: [&str; 3] = [
 ];
 
 /// Registers a TrueType font for bitmap text once; false when none is found.
-fn font_ready() -> bool {
+pub fn font_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
     *READY.get_or_init(|| {
         let env = std::env::var("FLYT_FONT").ok();

@@ -10,6 +10,8 @@ mod downstream;
 mod embed;
 pub(crate) use embed::parse_device;
 mod embed_bench;
+mod eval;
+pub use eval::run_config as eval_run_config;
 mod filter;
 mod inspect;
 pub use inspect::print_stats as inspect_print_stats;
@@ -68,7 +70,14 @@ pub enum Command {
     /// Serve a curation output directory over Arrow Flight: scores, the live subset and its changes, stats,
     /// rejects, embeddings; accept external scores and new shard paths (with a bearer token).
     Serve(serve::Args),
-    /// Run the embedded demo: generate a small pool with faults, ingest it, print the stats.
+    /// Evaluate the curation methods on a mini-DataComp built from real data (Fashion-MNIST, Openclipart, web
+    /// alt-text): curate with each method, train a fresh small CLIP per subset and seed, measure zero-shot accuracy;
+    /// writes results.json and report.html.
+    Eval(eval::Args),
+    /// Write the HTML report of an evaluation directory (`flyt eval`'s output).
+    Report(eval::ReportArgs),
+    /// Run the embedded demo: a short `flyt eval` (one seed, fewer steps) ending with the report and the accuracy
+    /// table.
     Demo(crate::demo::Args),
     /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.
     Doctor(doctor::Args),
@@ -116,6 +125,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Score(a) => train::run_score(a),
         Command::Curate(a) => curate::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Report(a) => eval::run_report(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Doctor(a) => doctor::run(a),
     }
