@@ -111,6 +111,12 @@ pub enum TaskSource {
         /// Images.
         count: usize,
     },
+    /// A labelled image folder: `path/<class>/<image>` (PNG, JPEG or WebP); the classes are the subfolders'
+    /// names in name order (label i is the i-th), underscores read as spaces.
+    Folder {
+        /// The root folder.
+        path: PathBuf,
+    },
     /// Any labelled WebDataset (image + `cls`) with a `classnames.txt` (one class per line; line i is label i).
     Webdataset {
         /// Shards or a directory of them.
@@ -124,8 +130,8 @@ pub enum TaskSource {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tasks {
-    /// FLYT's downstream training set.
-    pub downstream: TaskSource,
+    /// FLYT's downstream training sets (one task each).
+    pub downstream: Vec<TaskSource>,
     /// The zero-shot evaluation set.
     pub eval: TaskSource,
     /// Zero-shot prompt templates (`{c}` = class name).
@@ -275,6 +281,9 @@ impl EvalConfig {
         }
         if p.samples < 100 || p.shard_size == 0 {
             bail!("[pool] samples must be at least 100 and shard_size at least 1");
+        }
+        if self.tasks.downstream.is_empty() {
+            bail!("[tasks] downstream: give at least one task");
         }
         if self.tasks.templates.is_empty() || self.tasks.templates.iter().any(|t| !t.contains("{c}")) {
             bail!("[tasks] templates must be non-empty and each contain {{c}}");

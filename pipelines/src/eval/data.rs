@@ -86,9 +86,9 @@ impl DataDirs {
     pub fn reference(&self) -> PathBuf {
         self.root.join("reference")
     }
-    /// Downstream shards and classnames.
-    pub fn downstream(&self) -> PathBuf {
-        self.root.join("downstream")
+    /// Downstream task `i`'s shards and classnames (when built here).
+    pub fn downstream(&self, i: usize) -> PathBuf {
+        self.root.join(format!("downstream-{i}"))
     }
     /// Evaluation shards and classnames.
     pub fn eval(&self) -> PathBuf {
@@ -98,17 +98,17 @@ impl DataDirs {
     pub fn truth(&self) -> PathBuf {
         self.root.join("truth.csv")
     }
-    /// Class names of a labelled set: its `classnames.txt`, or the configured file.
+    /// Class names of a labelled set: the `classnames.txt` built beside its shards, or the configured file.
     pub fn classnames(&self, which: &TaskSource, dir: &Path) -> PathBuf {
         match which {
-            TaskSource::FashionMnist { .. } => dir.join("classnames.txt"),
+            TaskSource::FashionMnist { .. } | TaskSource::Folder { .. } => dir.join("classnames.txt"),
             TaskSource::Webdataset { classnames, .. } => classnames.clone(),
         }
     }
     /// The shards of a labelled set.
     pub fn task_shards(&self, which: &TaskSource, dir: &Path) -> PathBuf {
         match which {
-            TaskSource::FashionMnist { .. } => dir.to_path_buf(),
+            TaskSource::FashionMnist { .. } | TaskSource::Folder { .. } => dir.to_path_buf(),
             TaskSource::Webdataset { shards, .. } => shards.clone(),
         }
     }
@@ -340,10 +340,15 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
         count(p.broken),
     );
     let n_clean = n - n_wrong - n_alt - n_noise - n_dup - n_off - n_broken;
-    let n_down = match &cfg.tasks.downstream {
-        TaskSource::FashionMnist { split, count } if split == "train" => *count,
-        _ => 0,
-    };
+    let n_down: usize = cfg
+        .tasks
+        .downstream
+        .iter()
+        .map(|t| match t {
+            TaskSource::FashionMnist { split, count } if split == "train" => *count,
+            _ => 0,
+        })
+        .sum();
     let n_eval_train = match &cfg.tasks.eval {
         TaskSource::FashionMnist { split, count } if split == "train" => *count,
         _ => 0,
@@ -479,39 +484,103 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
     } else {
         None
     };
-    let mut sizes = [0usize; 2];
-    for (k, (src, dir)) in
-        [(&cfg.tasks.downstream, dirs.downstream()), (&cfg.tasks.eval, dirs.eval())].into_iter().enumerate()
-    {
-        let TaskSource::FashionMnist { split, count } = src else { continue };
-        let (set, idx): (&Fmnist, Vec<usize>) = match split.as_str() {
-            "train" => (&train, take(*count)),
-            "test" => {
-                let t = test.as_ref().expect("read above");
-                (t, (0..(*count).min(t.images.count)).collect())
+    let mut sets: Vec<(&TaskSource, PathBuf, String)> = cfg
+        .tasks
+        .downstream
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t, dirs.downstream(i), format!("downstream-{i}")))
+        .collect();
+    sets.push((&cfg.tasks.eval, dirs.eval(), "eval".to_string()));
+    let mut sizes = Vec::new();
+    for (src, dir, tag) in sets {
+        let size = match src {
+            TaskSource::FashionMnist { split, count } => {
+                let (set, idx): (&Fmnist, Vec<usize>) = match split.as_str() {
+                    "train" => (&train, take(*count)),
+                    "test" => {
+                        let t = test.as_ref().expect("read above");
+                        (t, (0..(*count).min(t.images.count)).collect())
+                    }
+                    s => bail!("[tasks] split {s:?}: use train or test"),
+                };
+                let items: Vec<Item> = idx
+                    .iter()
+                    .map(|&i| {
+                        Ok(Item {
+                            image: gray_png(set, i)?,
+                            caption: None,
+                            class: Some(set.labels[i] as usize),
+                            kind: "clean",
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                write_items(&dir, &tag, &items, 2000)?;
+                write_lines(&dir.join("classnames.txt"), &CLASSNAMES)?;
+                items.len()
             }
-            s => bail!("[tasks] split {s:?}: use train or test"),
+            TaskSource::Folder { path } => folder_task(path, &dir, &tag)?,
+            TaskSource::Webdataset { .. } => 0,
         };
-        let items: Vec<Item> = idx
-            .iter()
-            .map(|&i| {
-                Ok(Item { image: gray_png(set, i)?, caption: None, class: Some(set.labels[i] as usize), kind: "clean" })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        write_items(&dir, if k == 0 { "downstream" } else { "eval" }, &items, 2000)?;
-        write_lines(&dir.join("classnames.txt"), &CLASSNAMES)?;
-        sizes[k] = items.len();
+        sizes.push(size);
     }
     let built = Built {
         digest,
         kinds,
         reference: cfg.reference.clean + cfg.reference.off_task,
-        downstream: sizes[0],
-        eval: sizes[1],
+        downstream: sizes[..sizes.len() - 1].iter().sum(),
+        eval: sizes[sizes.len() - 1],
         clipart_skipped: skipped,
     };
     std::fs::write(&stamp, serde_json::to_vec_pretty(&built)?)?;
     Ok(built)
+}
+
+/// Writes a labelled image folder (`path/<class>/<image>`) as shards with `cls` plus `classnames.txt` into
+/// `dir`; returns the number of images. Unreadable files are skipped with a log line.
+pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<usize> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading the image folder {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        bail!("{}: no class subfolders (expected <class>/<image> files)", path.display());
+    }
+    let mut items = Vec::new();
+    for (c, cdir) in classes.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cdir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let ext = f.extension().map(|x| x.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            if !["png", "jpg", "jpeg", "webp"].contains(&ext.as_str()) {
+                continue;
+            }
+            let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            let img = match decode_rgb(&bytes) {
+                Ok(img) => img,
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "an unreadable image in the task folder: skipped");
+                    continue;
+                }
+            };
+            // re-encoded as PNG so every shard member has one known format
+            let png = encode_png(img.width as u32, img.height as u32, 3, &img.data)?;
+            items.push(Item { image: png, caption: None, class: Some(c), kind: "clean" });
+        }
+    }
+    if items.is_empty() {
+        bail!("{}: no readable images", path.display());
+    }
+    write_items(dir, tag, &items, 2000)?;
+    let names: Vec<String> = classes
+        .iter()
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().replace('_', " ")).unwrap_or_default())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_lines(&dir.join("classnames.txt"), &refs)?;
+    Ok(items.len())
 }
 
 /// Reads `truth.csv`: uid → (kind, class).
@@ -541,6 +610,30 @@ mod tests {
             "birds: acquila architetto franc"
         );
         assert_eq!(clipart_title(root, &root.join("bat_orlando_karam_.png")), "bat orlando karam");
+    }
+
+    #[test]
+    fn an_image_folder_becomes_a_labelled_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        for (c, shade) in [("ankle_boot", 200u8), ("bag", 40)] {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+            for i in 0..3 {
+                let png = encode_png(6, 4, 1, &[shade; 24]).unwrap();
+                std::fs::write(root.join(c).join(format!("{i}.png")), png).unwrap();
+            }
+        }
+        std::fs::write(root.join("bag/notes.txt"), "not an image").unwrap();
+        std::fs::write(root.join("bag/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+        let out = dir.path().join("task");
+        assert_eq!(folder_task(&root, &out, "t").unwrap(), 6, "the text file and the broken PNG are skipped");
+        assert_eq!(std::fs::read_to_string(out.join("classnames.txt")).unwrap(), "ankle boot\nbag\n");
+        let ex = crate::eval::read_examples(&out, 4, true).unwrap();
+        assert_eq!(ex.labels, [0, 0, 0, 1, 1, 1].map(Some));
+        assert!(ex.images.iter().all(|i| i.len() == 4 * 4 * 3));
+        assert!(ex.images[0][0] > 150 && ex.images[5][0] < 90, "the pixels survive");
+        let e = folder_task(&dir.path().join("nothing"), &out, "t").unwrap_err().to_string();
+        assert!(e.contains("nothing"), "{e}");
     }
 
     #[test]

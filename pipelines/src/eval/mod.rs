@@ -347,8 +347,13 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     let templates = cfg.tasks.templates.clone();
     let eval_dir = dirs.task_shards(&cfg.tasks.eval, &dirs.eval());
     let eval_names = dirs.classnames(&cfg.tasks.eval, &dirs.eval());
-    let down_dir = dirs.task_shards(&cfg.tasks.downstream, &dirs.downstream());
-    let down_names = dirs.classnames(&cfg.tasks.downstream, &dirs.downstream());
+    let downs: Vec<(PathBuf, PathBuf)> = cfg
+        .tasks
+        .downstream
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (dirs.task_shards(t, &dirs.downstream(i)), dirs.classnames(t, &dirs.downstream(i))))
+        .collect();
     let eval_set = st.time("read the evaluation set", |_| labelled(&eval_dir, &eval_names, &templates, &tok, crop))?;
 
     // 2. the reference CLIP
@@ -409,55 +414,66 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     std::fs::create_dir_all(&fdir)?;
     let templates_file = fdir.join("templates.txt");
     std::fs::write(&templates_file, templates.iter().map(|t| format!("{t}\n")).collect::<String>())?;
-    let down_npz = fdir.join("downstream.npz");
+    let down_npz: Vec<PathBuf> = (0..downs.len()).map(|i| fdir.join(format!("downstream-{i}.npz"))).collect();
     let pool_emb = cur.join("embeddings");
     st.time("flyt downstream", |_| {
-        flyt_cmd(&[
-            "downstream".into(),
-            "--model".into(),
-            s(&ref_dir),
-            "--classnames".into(),
-            s(&down_names),
-            "--templates".into(),
-            s(&templates_file),
-            "--out".into(),
-            s(&down_npz),
-            "--device".into(),
-            "cpu".into(),
-            s(&down_dir),
-        ])
+        for ((shards, names), npz) in downs.iter().zip(&down_npz) {
+            flyt_cmd(&[
+                "downstream".into(),
+                "--model".into(),
+                s(&ref_dir),
+                "--classnames".into(),
+                s(names),
+                "--templates".into(),
+                s(&templates_file),
+                "--out".into(),
+                s(npz),
+                "--device".into(),
+                "cpu".into(),
+                s(shards),
+            ])?;
+        }
+        Ok(())
     })?;
+    // `--downstream A --downstream B …` (and the same with `:image` or `--classnames`)
+    let repeat = |flag: &str, values: Vec<String>| -> Vec<String> {
+        values.into_iter().flat_map(|v| [flag.to_string(), v]).collect()
+    };
+    let down_args = repeat("--downstream", down_npz.iter().map(|p| s(p)).collect());
     let head = fdir.join("head");
     let f = &cfg.flyt;
     st.time("flyt train flyt", |_| {
         let _ = std::fs::remove_dir_all(&head);
-        flyt_cmd(&[
-            "train".into(),
-            "flyt".into(),
-            "--pool".into(),
-            s(&pool_emb),
-            "--downstream".into(),
-            s(&down_npz),
-            "--out".into(),
-            s(&head),
-            "--steps".into(),
-            f.steps.to_string(),
-            "--batch".into(),
-            f.batch.to_string(),
-            "--down-batch".into(),
-            f.down_batch.to_string(),
-            "--ref-lr".into(),
-            f.ref_lr.to_string(),
-            "--score-lr".into(),
-            f.score_lr.to_string(),
-            "--warmup".into(),
-            (f.steps / 10).max(1).to_string(),
-            "--cos-sim-init".into(),
-            "--checkpoint-every".into(),
-            f.steps.to_string(),
-            "--device".into(),
-            "cpu".into(),
-        ])
+        flyt_cmd(
+            &[
+                "train".into(),
+                "flyt".into(),
+                "--pool".into(),
+                s(&pool_emb),
+                "--out".into(),
+                s(&head),
+                "--steps".into(),
+                f.steps.to_string(),
+                "--batch".into(),
+                f.batch.to_string(),
+                "--down-batch".into(),
+                f.down_batch.to_string(),
+                "--ref-lr".into(),
+                f.ref_lr.to_string(),
+                "--score-lr".into(),
+                f.score_lr.to_string(),
+                "--warmup".into(),
+                (f.steps / 10).max(1).to_string(),
+                "--cos-sim-init".into(),
+                "--checkpoint-every".into(),
+                f.steps.to_string(),
+                "--device".into(),
+                "cpu".into(),
+            ]
+            .into_iter()
+            .chain(down_args.iter().cloned())
+            .collect::<Vec<_>>(),
+        )
     })?;
     let head_ckpt = head.join("checkpoint.safetensors");
     let mdir = out.join("mflyt");
@@ -468,19 +484,23 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         let _ = std::fs::remove_dir_all(&mdir);
         std::fs::create_dir_all(&ext_dir)?;
         let methods = mdir.join("methods.parquet");
-        flyt_cmd(&[
-            "scores".into(),
-            "--pool".into(),
-            s(&pool_emb),
-            "--downstream".into(),
-            format!("{}:image", s(&down_npz)),
-            "--classnames".into(),
-            s(&down_names),
-            "--device".into(),
-            "cpu".into(),
-            "--out".into(),
-            s(&methods),
-        ])?;
+        flyt_cmd(
+            &[
+                "scores".into(),
+                "--pool".into(),
+                s(&pool_emb),
+                "--device".into(),
+                "cpu".into(),
+                "--ncl-batch".into(),
+                m.ncl_batch.to_string(),
+                "--out".into(),
+                s(&methods),
+            ]
+            .into_iter()
+            .chain(repeat("--downstream", down_npz.iter().map(|p| format!("{}:image", s(p))).collect()))
+            .chain(repeat("--classnames", downs.iter().map(|d| s(&d.1)).collect()))
+            .collect::<Vec<_>>(),
+        )?;
         // the FLYT column, as the dataflow computes it
         let pool = flyt::read_pool(&pool_emb, &flyt::PoolEmbeddings::Auto)?;
         let scorer = flyt::train::FlytScorer::load(&head_ckpt, Device::Cpu)?;
@@ -496,38 +516,41 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             let cols: Vec<(&str, &[f32])> = external.iter().copied().zip(t.columns.iter().map(Vec::as_slice)).collect();
             flyt::write_score_table(ext_dir.join("methods.parquet"), &t.ids, &[], &cols)?;
         }
-        flyt_cmd(&[
-            "train".into(),
-            "mflyt".into(),
-            "--pool".into(),
-            s(&pool_emb),
-            "--downstream".into(),
-            s(&down_npz),
-            "--scores".into(),
-            s(&methods),
-            "--scores".into(),
-            s(&flyt_file),
-            "--columns".into(),
-            m.columns.join(","),
-            "--out".into(),
-            s(&mixer),
-            "--steps".into(),
-            m.steps.to_string(),
-            "--batch".into(),
-            m.batch.to_string(),
-            "--down-batch".into(),
-            m.down_batch.to_string(),
-            "--ref-lr".into(),
-            m.ref_lr.to_string(),
-            "--score-lr".into(),
-            m.score_lr.to_string(),
-            "--warmup".into(),
-            (m.steps / 10).max(1).to_string(),
-            "--checkpoint-every".into(),
-            m.steps.to_string(),
-            "--device".into(),
-            "cpu".into(),
-        ])
+        flyt_cmd(
+            &[
+                "train".into(),
+                "mflyt".into(),
+                "--pool".into(),
+                s(&pool_emb),
+                "--scores".into(),
+                s(&methods),
+                "--scores".into(),
+                s(&flyt_file),
+                "--columns".into(),
+                m.columns.join(","),
+                "--out".into(),
+                s(&mixer),
+                "--steps".into(),
+                m.steps.to_string(),
+                "--batch".into(),
+                m.batch.to_string(),
+                "--down-batch".into(),
+                m.down_batch.to_string(),
+                "--ref-lr".into(),
+                m.ref_lr.to_string(),
+                "--score-lr".into(),
+                m.score_lr.to_string(),
+                "--warmup".into(),
+                (m.steps / 10).max(1).to_string(),
+                "--checkpoint-every".into(),
+                m.steps.to_string(),
+                "--device".into(),
+                "cpu".into(),
+            ]
+            .into_iter()
+            .chain(down_args.iter().cloned())
+            .collect::<Vec<_>>(),
+        )
     })?;
     let mix_ckpt = mixer.join("checkpoint.safetensors");
     let mixer_json: serde_json::Value = std::fs::read(mixer.join("checkpoint.json"))
