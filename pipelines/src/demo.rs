@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::eval::{DEMO_EVAL, EvalConfig};
+use crate::eval::{DEMO_EVAL, EvalConfig, RunOptions};
 
 /// Arguments of `flyt demo`.
 #[derive(clap::Args, Debug)]
@@ -16,6 +16,9 @@ pub struct Args {
     /// Timely workers of the curation runs.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Device for every model: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Print the embedded configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -28,5 +31,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = EvalConfig::parse(DEMO_EVAL, "the embedded eval-demo.toml")?;
-    crate::cli::eval_run_config(cfg, a.out, a.workers, true, true)
+    let opts = RunOptions { out: a.out.clone(), workers: a.workers, verbose: true, device: a.device };
+    crate::cli::eval_run_config(cfg, a.out, opts, true)
 }

@@ -20,6 +20,9 @@ pub struct Args {
     /// Timely workers of the curation runs.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Device for every model (embedding, FLYT / M-FLYT training, the trained CLIPs): auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Do not write `report.html` at the end.
     #[arg(long)]
     pub no_report: bool,
@@ -49,19 +52,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.train.seeds = s;
     }
     let out = a.out.clone().unwrap_or_else(|| cfg.out.clone());
-    run_config(cfg, out, a.workers, !a.quiet, !a.no_report)
+    run_config(
+        cfg,
+        out,
+        RunOptions { out: PathBuf::new(), workers: a.workers, verbose: !a.quiet, device: a.device },
+        !a.no_report,
+    )
 }
 
-/// Runs `cfg` into `out`, writes the report (when `with_report`) and prints the table and the report's path.
-pub fn run_config(
-    cfg: EvalConfig,
-    out: PathBuf,
-    workers: usize,
-    verbose: bool,
-    with_report: bool,
-) -> anyhow::Result<()> {
+/// Runs `cfg` into `out` (which replaces `opts.out`), writes the report (when `with_report`) and prints the
+/// table and the report's path.
+pub fn run_config(cfg: EvalConfig, out: PathBuf, opts: RunOptions, with_report: bool) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let results = crate::eval::run(cfg, &RunOptions { out: out.clone(), workers, verbose })?;
+    let results = crate::eval::run(cfg, &RunOptions { out: out.clone(), ..opts })?;
     println!("{}", results.table());
     println!("results: {}", out.join("results.json").display());
     if with_report {

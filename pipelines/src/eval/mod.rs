@@ -29,7 +29,7 @@ use flyt::{Ingest, ReaderConfig, Record, Uid};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 pub use config::{DEFAULT_EVAL, DEMO_EVAL, EvalConfig, METHODS};
 use data::DataDirs;
@@ -259,6 +259,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print progress.
     pub verbose: bool,
+    /// Device for every model: `cpu`, `auto` (CUDA when available), `cuda` or `cuda:N`.
+    pub device: String,
 }
 
 struct Stages {
@@ -330,8 +332,10 @@ fn multiset(
 pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     cfg.validate()?;
     let out = opts.out.clone();
+    let dev = crate::cli::parse_device(&opts.device)?;
+    let dev_name = opts.device.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let digest = digest_of(&serde_json::to_value(&cfg)?);
+    let digest = digest_of(&json!({"config": cfg, "device": opts.device}));
     let mut st = Stages { list: Vec::new(), verbose: opts.verbose, started: Instant::now() };
     let dirs = DataDirs { root: out.join("data") };
     let built = st.time("build the mini-DataComp", |st| data::build(&cfg, &dirs, &mut |m| st.say(m)))?;
@@ -358,8 +362,9 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
 
     // 2. the reference CLIP
     let ref_dir = out.join("reference");
-    let ref_stamp =
-        digest_of(&json!({"data": built.digest, "model": cfg.model, "reference": cfg.reference, "threads": threads}));
+    let ref_stamp = digest_of(
+        &json!({"data": built.digest, "model": cfg.model, "reference": cfg.reference, "threads": threads, "device": dev_name}),
+    );
     let reference_accuracy = st.time("train the reference CLIP", |st| {
         let stamp_path = ref_dir.join("flyt-eval.json");
         if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(ref_stamp.as_str())
@@ -380,7 +385,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 ..PretrainConfig::default()
             };
             let every = (pc.steps / 5).max(1);
-            let p = pretrain_clip(&mcfg, &store, &all, &pc, Device::Cpu, |i, l| {
+            let p = pretrain_clip(&mcfg, &store, &all, &pc, dev, |i, l| {
                 if (i + 1) % every == 0 {
                     st.say(&format!("reference step {}/{}: loss {l:.3}", i + 1, pc.steps));
                 }
@@ -389,8 +394,8 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             ClipTokenizer::write_hf_vocab(&cfg.sources.bpe, &ref_dir)?;
             std::fs::write(&stamp_path, &ref_stamp)?;
         }
-        let (_vs, model) = Clip::load(&ref_dir, Device::Cpu)?;
-        Ok(zero_shot(&model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, Device::Cpu, 512)?.accuracy)
+        let (_vs, model) = Clip::load(&ref_dir, dev)?;
+        Ok(zero_shot(&model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, dev, 512)?.accuracy)
     })?;
     st.say(&format!("reference zero-shot accuracy {:.2}%", 100.0 * reference_accuracy));
 
@@ -400,7 +405,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     let mut base = CurateConfig::default();
     base.input.shards = vec![dirs.pool()];
     base.embed.model = Some(ref_dir.clone());
-    base.embed.device = "cpu".into();
+    base.embed.device = dev_name.clone();
     base.output.dir = cur.clone();
     base.sample.alpha = cfg.methods.alpha;
     let budget = (cfg.train.steps * cfg.train.batch) as u64;
@@ -429,7 +434,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 "--out".into(),
                 s(npz),
                 "--device".into(),
-                "cpu".into(),
+                dev_name.clone(),
                 s(shards),
             ])?;
         }
@@ -468,7 +473,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 "--checkpoint-every".into(),
                 f.steps.to_string(),
                 "--device".into(),
-                "cpu".into(),
+                dev_name.clone(),
             ]
             .into_iter()
             .chain(down_args.iter().cloned())
@@ -490,7 +495,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 "--pool".into(),
                 s(&pool_emb),
                 "--device".into(),
-                "cpu".into(),
+                dev_name.clone(),
                 "--ncl-batch".into(),
                 m.ncl_batch.to_string(),
                 "--out".into(),
@@ -503,7 +508,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         )?;
         // the FLYT column, as the dataflow computes it
         let pool = flyt::read_pool(&pool_emb, &flyt::PoolEmbeddings::Auto)?;
-        let scorer = flyt::train::FlytScorer::load(&head_ckpt, Device::Cpu)?;
+        let scorer = flyt::train::FlytScorer::load(&head_ckpt, dev)?;
         let fl = scorer.score(&pool.image, &pool.text)?;
         let ids: Vec<(Uid, String)> = pool.rows.iter().map(|r| (r.uid, String::new())).collect();
         let flyt_file = mdir.join("flyt.parquet");
@@ -545,7 +550,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 "--checkpoint-every".into(),
                 m.steps.to_string(),
                 "--device".into(),
-                "cpu".into(),
+                dev_name.clone(),
             ]
             .into_iter()
             .chain(down_args.iter().cloned())
@@ -645,10 +650,9 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             };
             let r = st.time(&format!("train a CLIP on {label} (seed {seed})"), |_| {
                 let t = Instant::now();
-                let p = pretrain_clip(&mcfg, &store, &ms, &pc, Device::Cpu, |_, _| {})?;
+                let p = pretrain_clip(&mcfg, &store, &ms, &pc, dev, |_, _| {})?;
                 let seconds = t.elapsed().as_secs_f64();
-                let z =
-                    zero_shot(&p.model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, Device::Cpu, 512)?;
+                let z = zero_shot(&p.model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, dev, 512)?;
                 let tail = (p.losses.len() / 10).max(1);
                 let final_loss = p.losses[p.losses.len() - tail..].iter().sum::<f64>() / tail as f64;
                 Ok(RunResult {
