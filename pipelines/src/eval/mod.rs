@@ -53,6 +53,10 @@ pub struct RunResult {
     pub samples: usize,
     /// Of the samples seen in training, the fraction of each pool kind (ground truth).
     pub kinds: BTreeMap<String, f64>,
+    /// Of the samples seen whose image is a Fashion-MNIST image, the fraction of each class (by the image's true
+    /// class, whatever the caption says).
+    #[serde(default)]
+    pub classes: Vec<f64>,
     /// Mean training loss over the last 10 % of steps.
     pub final_loss: f64,
     /// Training seconds.
@@ -633,10 +637,17 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             }
             let ms = multiset(method, seed, &cfg, &scores, &row_of, store.images.len(), &scs_subset)?;
             let mut kinds: BTreeMap<String, f64> = BTreeMap::new();
+            let mut classes = vec![0f64; data::CLASSNAMES.len()];
             for &i in &ms {
-                let k = truth.get(&uid_at[i]).map(|t| t.0.clone()).unwrap_or_else(|| "unknown".into());
+                let t = truth.get(&uid_at[i]);
+                let k = t.map(|t| t.0.clone()).unwrap_or_else(|| "unknown".into());
                 *kinds.entry(k).or_default() += 1.0 / ms.len() as f64;
+                if let Some(c) = t.and_then(|t| t.1).filter(|&c| c < classes.len()) {
+                    classes[c] += 1.0;
+                }
             }
+            let with_class: f64 = classes.iter().sum();
+            classes.iter_mut().for_each(|c| *c /= with_class.max(1.0));
             let mut uniq = ms.clone();
             uniq.sort_unstable();
             uniq.dedup();
@@ -663,6 +674,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                     unique: uniq.len(),
                     samples: ms.len(),
                     kinds: kinds.clone(),
+                    classes: classes.clone(),
                     final_loss,
                     seconds,
                 })

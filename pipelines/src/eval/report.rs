@@ -425,6 +425,25 @@ pub fn write(out: &Path, path: &Path) -> anyhow::Result<PathBuf> {
     }
     html.push_str("</table>\n");
 
+    // class balance of the training data
+    if results.runs.iter().any(|r| !r.classes.is_empty()) {
+        html.push_str("<h2>Class balance of what each subset trains on</h2><p class=\"note\">Of the samples seen (first seed) whose image is a Fashion-MNIST image, the share of each true class: a filter that starves a class shows here first.</p><table id=\"class-balance\"><tr><th>method</th>");
+        for c in 0..super::data::CLASSNAMES.len() {
+            write!(html, "<th>{}</th>", esc(super::data::CLASSNAMES[c]))?;
+        }
+        html.push_str("</tr>\n");
+        for (m, label) in METHODS {
+            if let Some(r) = results.runs.iter().find(|r| r.method == m && !r.classes.is_empty()) {
+                write!(html, "<tr><td>{}</td>", esc(label))?;
+                for v in &r.classes {
+                    write!(html, "<td>{:.1}%</td>", 100.0 * v)?;
+                }
+                html.push_str("</tr>\n");
+            }
+        }
+        html.push_str("</table>\n");
+    }
+
     // composition
     html.push_str("<h2>What each subset trains on</h2><p class=\"note\">Fraction of the samples seen (with repeats) by pool kind, first seed; the ground truth the pool was built with.</p><table><tr><th>method</th>");
     for k in &kinds {
