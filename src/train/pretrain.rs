@@ -88,15 +88,8 @@ impl EpochOrder {
     /// An order over `items` (repeats allowed) with `seed`.
     pub fn new(items: &[usize], seed: u64) -> Self {
         let mut o = Self { items: items.to_vec(), pos: 0, rng: SplitMix64::new(seed), epochs: 0 };
-        o.shuffle();
+        o.rng.shuffle(&mut o.items);
         o
-    }
-
-    fn shuffle(&mut self) {
-        for i in (1..self.items.len()).rev() {
-            let j = self.rng.below(i as u64 + 1) as usize;
-            self.items.swap(i, j);
-        }
     }
 
     /// The next `n` indices.
@@ -109,7 +102,7 @@ impl EpochOrder {
             if self.pos == self.items.len() {
                 self.pos = 0;
                 self.epochs += 1;
-                self.shuffle();
+                self.rng.shuffle(&mut self.items);
             }
             out.push(self.items[self.pos]);
             self.pos += 1;

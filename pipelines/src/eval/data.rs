@@ -124,9 +124,7 @@ fn uid_of(parts: &str) -> Uid {
 
 fn shuffled(n: usize, rng: &mut SplitMix64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        v.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    rng.shuffle(&mut v);
     v
 }
 
@@ -446,9 +444,7 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
         pool.push(copy);
     }
     // interleave the kinds as a crawl would
-    let perm = shuffled(pool.len(), &mut rng);
-    let mut slots: Vec<Option<Item>> = pool.into_iter().map(Some).collect();
-    let pool: Vec<Item> = perm.iter().map(|&i| slots[i].take().expect("a permutation")).collect();
+    rng.shuffle(&mut pool);
     log(&format!("data: writing the pool ({} samples) to {}", pool.len(), dirs.pool().display()));
     let uids = write_items(&dirs.pool(), "pool", &pool, p.shard_size)?;
     let mut truth = String::from("uid,kind,class\n");
@@ -473,9 +469,7 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
     for (png, title) in ref_clip {
         reference.push(Item { image: png, caption: Some(title), class: None, kind: "off_task" });
     }
-    let perm = shuffled(reference.len(), &mut rng);
-    let mut slots: Vec<Option<Item>> = reference.into_iter().map(Some).collect();
-    let reference: Vec<Item> = perm.iter().map(|&i| slots[i].take().expect("a permutation")).collect();
+    rng.shuffle(&mut reference);
     write_items(&dirs.reference(), "reference", &reference, p.shard_size)?;
 
     // labelled sets
@@ -519,7 +513,13 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
                 write_lines(&dir.join("classnames.txt"), &CLASSNAMES)?;
                 items.len()
             }
-            TaskSource::Folder { path } => folder_task(path, &dir, &tag)?,
+            TaskSource::Folder { path } => {
+                let (n, skipped) = folder_task(path, &dir, &tag)?;
+                for why in &skipped {
+                    log(&format!("data: {tag}: skipped {why}"));
+                }
+                n
+            }
             TaskSource::Webdataset { .. } => 0,
         };
         sizes.push(size);
@@ -537,8 +537,9 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
 }
 
 /// Writes a labelled image folder (`path/<class>/<image>`) as shards with `cls` plus `classnames.txt` into
-/// `dir`; returns the number of images. Unreadable files are skipped with a log line.
-pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<usize> {
+/// `dir`; returns the number of images written and, for each image file that could not be decoded, its path and
+/// the reason (those are skipped). Files without an image extension are not samples and are ignored.
+pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<(usize, Vec<String>)> {
     let mut classes: Vec<PathBuf> = std::fs::read_dir(path)
         .with_context(|| format!("reading the image folder {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -549,8 +550,12 @@ pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<usize> 
         bail!("{}: no class subfolders (expected <class>/<image> files)", path.display());
     }
     let mut items = Vec::new();
+    let mut skipped = Vec::new();
     for (c, cdir) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(cdir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cdir)
+            .with_context(|| format!("reading {}", cdir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         files.sort();
         for f in files {
             let ext = f.extension().map(|x| x.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
@@ -561,7 +566,7 @@ pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<usize> 
             let img = match decode_rgb(&bytes) {
                 Ok(img) => img,
                 Err(e) => {
-                    tracing::warn!(file = %f.display(), error = %e, "an unreadable image in the task folder: skipped");
+                    skipped.push(format!("{}: {e}", f.display()));
                     continue;
                 }
             };
@@ -580,7 +585,7 @@ pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<usize> 
         .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     write_lines(&dir.join("classnames.txt"), &refs)?;
-    Ok(items.len())
+    Ok((items.len(), skipped))
 }
 
 /// Reads `truth.csv`: uid → (kind, class).
@@ -626,7 +631,10 @@ mod tests {
         std::fs::write(root.join("bag/notes.txt"), "not an image").unwrap();
         std::fs::write(root.join("bag/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
         let out = dir.path().join("task");
-        assert_eq!(folder_task(&root, &out, "t").unwrap(), 6, "the text file and the broken PNG are skipped");
+        let (n, skipped) = folder_task(&root, &out, "t").unwrap();
+        assert_eq!(n, 6, "the text file and the broken PNG are skipped");
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].contains("broken.png"), "the broken image is named: {skipped:?}");
         assert_eq!(std::fs::read_to_string(out.join("classnames.txt")).unwrap(), "ankle boot\nbag\n");
         let ex = crate::eval::read_examples(&out, 4, true).unwrap();
         assert_eq!(ex.labels, [0, 0, 0, 1, 1, 1].map(Some));

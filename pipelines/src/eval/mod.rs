@@ -140,6 +140,23 @@ fn flyt_cmd(args: &[String]) -> anyhow::Result<()> {
     crate::cli::run(cli.command).with_context(|| format!("flyt {}", args.join(" ")))
 }
 
+/// The `flyt train flyt|mflyt` flags FLYT and M-FLYT share: the budget, the two learning rates, a warmup of a
+/// tenth of the steps, and one checkpoint at the end.
+fn lookahead_flags(steps: usize, batch: usize, down_batch: usize, ref_lr: f64, score_lr: f64) -> Vec<String> {
+    [
+        ("--steps", steps.to_string()),
+        ("--batch", batch.to_string()),
+        ("--down-batch", down_batch.to_string()),
+        ("--ref-lr", ref_lr.to_string()),
+        ("--score-lr", score_lr.to_string()),
+        ("--warmup", (steps / 10).max(1).to_string()),
+        ("--checkpoint-every", steps.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -208,10 +225,6 @@ pub fn read_examples(dir: &Path, crop: usize, labelled: bool) -> anyhow::Result<
     Ok(ex)
 }
 
-fn token_ids(tok: &ClipTokenizer, captions: &[&str]) -> Tensor {
-    tok.encode_batch(captions)
-}
-
 /// A labelled set: images, labels and `C × T × L` prompt ids.
 struct Labelled {
     images: Vec<Vec<u8>>,
@@ -250,7 +263,7 @@ fn labelled(
     }
     let texts: Vec<String> = classes.iter().flat_map(|c| templates.iter().map(move |t| t.replace("{c}", c))).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let prompts = token_ids(tok, &refs).view([classes.len() as i64, templates.len() as i64, -1]);
+    let prompts = tok.encode_batch(&refs).view([classes.len() as i64, templates.len() as i64, -1]);
     Ok(Labelled { images, labels, prompts })
 }
 
@@ -311,10 +324,7 @@ fn multiset(
         "no-filter" => (0..n_examples).collect(),
         "random" => {
             let mut all: Vec<usize> = (0..n_examples).collect();
-            let mut rng = SplitMix64::new(seed ^ 0x7a4d_0000);
-            for i in (1..all.len()).rev() {
-                all.swap(i, rng.below(i as u64 + 1) as usize);
-            }
+            SplitMix64::new(seed ^ 0x7a4d_0000).shuffle(&mut all);
             all.truncate(k);
             all
         }
@@ -378,7 +388,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         } else {
             let ex = read_examples(&dirs.reference(), crop, false)?;
             let caps: Vec<&str> = ex.captions.iter().map(|c| c.as_deref().unwrap_or("")).collect();
-            let store = ImageTextStore { images: ex.images, ids: token_ids(&tok, &caps), crop };
+            let store = ImageTextStore { images: ex.images, ids: tok.encode_batch(&caps), crop };
             let all: Vec<usize> = (0..store.images.len()).collect();
             let pc = PretrainConfig {
                 steps: cfg.reference.steps,
@@ -461,25 +471,12 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 s(&pool_emb),
                 "--out".into(),
                 s(&head),
-                "--steps".into(),
-                f.steps.to_string(),
-                "--batch".into(),
-                f.batch.to_string(),
-                "--down-batch".into(),
-                f.down_batch.to_string(),
-                "--ref-lr".into(),
-                f.ref_lr.to_string(),
-                "--score-lr".into(),
-                f.score_lr.to_string(),
-                "--warmup".into(),
-                (f.steps / 10).max(1).to_string(),
                 "--cos-sim-init".into(),
-                "--checkpoint-every".into(),
-                f.steps.to_string(),
                 "--device".into(),
                 dev_name.clone(),
             ]
             .into_iter()
+            .chain(lookahead_flags(f.steps, f.batch, f.down_batch, f.ref_lr, f.score_lr))
             .chain(down_args.iter().cloned())
             .collect::<Vec<_>>(),
         )
@@ -539,24 +536,11 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 m.columns.join(","),
                 "--out".into(),
                 s(&mixer),
-                "--steps".into(),
-                m.steps.to_string(),
-                "--batch".into(),
-                m.batch.to_string(),
-                "--down-batch".into(),
-                m.down_batch.to_string(),
-                "--ref-lr".into(),
-                m.ref_lr.to_string(),
-                "--score-lr".into(),
-                m.score_lr.to_string(),
-                "--warmup".into(),
-                (m.steps / 10).max(1).to_string(),
-                "--checkpoint-every".into(),
-                m.steps.to_string(),
                 "--device".into(),
                 dev_name.clone(),
             ]
             .into_iter()
+            .chain(lookahead_flags(m.steps, m.batch, m.down_batch, m.ref_lr, m.score_lr))
             .chain(down_args.iter().cloned())
             .collect::<Vec<_>>(),
         )
@@ -601,7 +585,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     }
     let caps: Vec<&str> = keep.iter().map(|&i| pool.captions[i].as_deref().unwrap_or("")).collect();
     let store = ImageTextStore {
-        ids: token_ids(&tok, &caps),
+        ids: tok.encode_batch(&caps),
         images: keep.iter().map(|&i| pool.images[i].clone()).collect(),
         crop,
     };
