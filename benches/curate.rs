@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flyt_pipelines::curate::{self, CurateConfig};
+use flyt_pipelines::{CurateConfig, STOP};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
@@ -138,11 +138,11 @@ fn e2e(bench: bool, args: &[String]) {
     cfg.input.shards = vec![pool.clone()];
     cfg.output.dir = dir.path().join("out");
     cfg.embed.model = Some(model.clone());
-    cfg.embed.device = device.clone();
+    cfg.embed.device = device.parse().expect("a device");
     cfg.embed.batch_size = batch;
     let timely = if workers > 1 { timely::Config::process(workers) } else { timely::Config::thread() };
     let t = Instant::now();
-    let summary = curate::run(cfg, timely).expect("the pipeline");
+    let summary = flyt_pipelines::curate(cfg, timely).expect("the pipeline");
     let e2e_s = t.elapsed().as_secs_f64();
     assert_eq!(summary.manifest["pool"]["rows"].as_f64(), Some(n));
     println!(
@@ -194,14 +194,14 @@ fn incremental(bench: bool, args: &[String]) {
     };
     let timed = |c: CurateConfig| {
         let t = Instant::now();
-        let s = curate::run(c, timely::Config::thread()).expect("the pipeline");
+        let s = flyt_pipelines::curate(c, timely::Config::thread()).expect("the pipeline");
         (t.elapsed().as_secs_f64(), s)
     };
     let (base_s, _) = timed(config("pool", "batch0", false));
     // Follow the same pool, then drop one more shard in.
     let follower = {
         let c = config("pool", "follow", true);
-        std::thread::spawn(move || curate::run(c, timely::Config::thread()).expect("the pipeline"))
+        std::thread::spawn(move || flyt_pipelines::curate(c, timely::Config::thread()).expect("the pipeline"))
     };
     let shards_in = |out: &Path| -> usize {
         std::fs::read(out.join("manifest.json"))
@@ -222,9 +222,9 @@ fn incremental(bench: bool, args: &[String]) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let inc_s = t.elapsed().as_secs_f64();
-    curate::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = follower.join();
-    curate::STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+    STOP.store(false, std::sync::atomic::Ordering::SeqCst);
     let (full_s, _) = timed(config("pool", "batch1", false));
     let a = flyt::SubsetCounts::read(p.join("follow/subset.npy")).expect("the followed subset");
     let b = flyt::SubsetCounts::read(p.join("batch1/subset.npy")).expect("the batch subset");

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flyt_pipelines::curate::CurateConfig;
-use flyt_pipelines::curate::records::{FileId, ShardRecord};
+use flyt::curation::{FileId, ShardRecord};
+use flyt_pipelines::CurateConfig;
 
 fn python() -> PathBuf {
     std::env::var("FLYT_PYTHON")
@@ -79,7 +79,7 @@ fn fake_output(out: &Path, rows: usize, shards: usize) {
         listed.push(serde_json::json!({"name": name, "rows": per}));
     }
     flyt::write_subset(out.join("subset.npy"), &[]).expect("a subset");
-    let sha = flyt::train::file_sha256(&out.join("subset.npy")).expect("a digest");
+    let sha = flyt::file_sha256(&out.join("subset.npy")).expect("a digest");
     let mut config = CurateConfig::default();
     config.output.dir = out.to_path_buf();
     let manifest = serde_json::json!({
@@ -113,11 +113,11 @@ fn main() {
     println!("flight: {rows} rows in {shards} score tables written in {:.1} s", t.elapsed().as_secs_f64());
 
     let p1 = port();
-    let opts = flyt_pipelines::flight::FlightOptions {
+    let opts = flyt_pipelines::FlightOptions {
         addr: format!("127.0.0.1:{p1}").parse().expect("an address"),
         ..Default::default()
     };
-    let (stop, handle) = flyt_pipelines::flight::spawn(out.clone(), opts).expect("the flyt service");
+    let (stop, handle) = flyt_pipelines::spawn_flight(out.clone(), opts).expect("the flyt service");
     wait_listening(p1);
     std::thread::sleep(Duration::from_millis(300)); // the first directory read
     let _ = read(p1, threads);

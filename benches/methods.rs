@@ -15,7 +15,7 @@ use flyt::Uid;
 use flyt::methods::{
     ImageClusters, KMeans, KMeansConfig, NegClipLossConfig, NormSimTarget, clip_score, neg_clip_loss, norm_sim,
 };
-use flyt::synth::SplitMix64;
+use flyt::rng::SplitMix64;
 
 fn matrix(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64::new(seed);

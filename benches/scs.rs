@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use flyt::Uid;
+use flyt::rng::SplitMix64;
 use flyt::sampling::{IncrementalScs, Target, scs, scs_rounds};
-use flyt::synth::SplitMix64;
 
 fn pool(n: usize, seed: u64) -> Vec<(Uid, f64)> {
     let mut r = SplitMix64::new(seed);

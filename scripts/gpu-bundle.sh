@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # without language detection: lingua's model data would put the binary over the carry limit
-cargo build --release -p flyt-pipelines --bin flyt --no-default-features
+cargo build --release -p flyt-cli --bin flyt --no-default-features
 bench=$(cargo bench --bench flyt_step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 curate=$(cargo bench -p flyt-pipelines --no-default-features --bench curate --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 rm -rf gpu-bundle

@@ -1,8 +1,10 @@
 //! # flyt — Filter Like You Test
 //!
-//! The domain crate of flyt: sample and uid types, WebDataset and DataComp formats, and (in later modules)
-//! CLIP models, FLYT/M-FLYT scoring and Soft Cap Sampling. It has no dataflow; the `flyt-operators` crate wraps
-//! it in timely operators and `flyt-pipelines` builds pipelines and the `flyt` CLI from those.
+//! The domain crate of flyt: sample and uid types, WebDataset and DataComp formats, the curation output
+//! directory's format ([`curation`]), CLIP models in libtorch ([`clip`]), the scoring methods ([`methods`]),
+//! FLYT / M-FLYT training ([`train`]) and the samplers, Soft Cap Sampling among them ([`sampling`]). It has no
+//! dataflow: the `flyt-operators` crate wraps it in timely operators, and `flyt-pipelines` builds the curation
+//! graph and the batch jobs from those.
 //!
 //! Reading a shard:
 //! ```
@@ -20,12 +22,15 @@
 //! ```
 
 pub mod clip;
+pub mod curation;
 mod datacomp;
-pub mod datasets;
+mod device;
+mod digest;
 mod error;
 mod image_info;
 mod ingest;
 pub mod methods;
+pub mod rng;
 mod sample;
 pub mod sampling;
 pub mod synth;
@@ -43,6 +48,8 @@ pub use datacomp::{
     RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,
     write_score_table,
 };
+pub use device::DeviceSpec;
+pub use digest::file_sha256;
 pub use error::{Error, Result};
 pub use image_info::{ImageInfo, sniff_image};
 pub use ingest::Ingest;

@@ -266,7 +266,7 @@ fn undecodable_and_oversized_images_are_refused_with_a_reason() {
     png.extend_from_slice(&[8, 2, 0, 0, 0]);
     assert!(decode_rgb(&png).unwrap_err().contains("limit"));
     // A 1 x 20000 strip would resize to 224 x 4,480,000: refused, not allocated.
-    let mut rng = flyt::synth::SplitMix64::new(2);
+    let mut rng = flyt::rng::SplitMix64::new(2);
     let strip = {
         let mut out = Vec::new();
         let mut enc = png::Encoder::new(&mut out, 1, 20_000);
@@ -278,7 +278,7 @@ fn undecodable_and_oversized_images_are_refused_with_a_reason() {
     };
     assert!(flyt::clip::preprocess::preprocess(&strip, 224, 224).unwrap_err().contains("aspect ratio"));
     // A truncated JPEG: both decoders are tried, and the reason names them.
-    let mut rng = flyt::synth::SplitMix64::new(1);
+    let mut rng = flyt::rng::SplitMix64::new(1);
     let jpg = flyt::synth::jpeg_image(64, &mut rng);
     let err = decode_rgb(&jpg[..jpg.len() / 3]);
     if let Err(e) = err {

@@ -7,7 +7,7 @@ use flyt::methods::{
     ImageClusters, KMeans, KMeansConfig, NegClipLossConfig, NormSimTarget, neg_clip_loss, neg_clip_loss_in_batches,
     norm_sim, random_batches,
 };
-use flyt::synth::SplitMix64;
+use flyt::rng::SplitMix64;
 use flyt::{NpyArray, NpyData, Uid};
 
 fn gaussian(rng: &mut SplitMix64) -> f32 {

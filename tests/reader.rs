@@ -310,7 +310,7 @@ fn image_headers_cmyk_progressive_png() {
     let mut enc = jpeg_encoder::Encoder::new(&mut prog, 85);
     enc.set_progressive(true);
     enc.encode(&pixels3, 40, 30, jpeg_encoder::ColorType::Rgb).unwrap();
-    let mut rng = flyt::synth::SplitMix64::new(3);
+    let mut rng = flyt::rng::SplitMix64::new(3);
     let png = flyt::synth::png_image(17, &mut rng);
     let path = RawTar::default()
         .file("cmyk.jpg", &cmyk)
@@ -337,7 +337,7 @@ fn random_damage_never_panics_and_always_reconciles() {
     let dir = tempfile::tempdir().unwrap();
     let path = sample_shard(dir.path(), 8);
     let bytes = std::fs::read(&path).unwrap();
-    let mut rng = flyt::synth::SplitMix64::new(42);
+    let mut rng = flyt::rng::SplitMix64::new(42);
     let damaged = dir.path().join("damaged.tar");
     for _ in 0..300 {
         let mut b = bytes.clone();

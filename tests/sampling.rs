@@ -2,8 +2,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use flyt::Uid;
+use flyt::rng::SplitMix64;
 use flyt::sampling::{IncrementalScs, Target, hcs, scs, scs_rounds, scs_threads, topk};
-use flyt::synth::SplitMix64;
 
 fn uniform_pool(n: u64, scale: f64, seed: u64) -> Vec<(Uid, f64)> {
     let mut r = SplitMix64::new(seed);

@@ -393,7 +393,7 @@ fn full_mode_training_runs_and_resumes_bit_identically() {
     use flyt::train::{FlytState, FullPool, FullReference, FullTask, GluHead, ParamAdamW, ScoringModel};
     use flyt::train::{load_checkpoint, save_checkpoint, train_flyt_full};
     let _turn = torch_turn();
-    let mut rng = flyt::synth::SplitMix64::new(3);
+    let mut rng = flyt::rng::SplitMix64::new(3);
     let mut images = |n: usize| -> Vec<Vec<u8>> {
         (0..n)
             .map(|_| flyt::clip::preprocess::preprocess(&flyt::synth::png_image(12, &mut rng), 8, 8).unwrap())

@@ -1,6 +1,13 @@
-//! The record the pool collection holds per uid: where the row came from and its per-method scores.
+//! The record the pool collection holds per uid (where the row came from and its per-method scores), and
+//! `PoolRows`: a committed shard's rows as pool updates.
 
+use flyt::Uid;
+use flyt::curation::ShardScores;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 
 /// One scored row of a shard (the value of a `(Uid, PoolRow)` pool collection). Ordered by shard name, then
 /// key, then values, so "the least row of a uid" is a choice that does not depend on arrival order or on the
@@ -31,4 +38,49 @@ pub struct ExternalScore {
     pub file: String,
     /// The value as `f64` bits.
     pub value: u64,
+}
+
+/// A pool update: `((uid, row), time, ±1)`, as differential collections hold them.
+pub type PoolUpdate = ((Uid, PoolRow), u64, isize);
+
+/// The rows of a shard as pool records.
+pub fn pool_rows(s: &ShardScores) -> Vec<(Uid, PoolRow)> {
+    s.ids
+        .iter()
+        .enumerate()
+        .map(|(i, (uid, key))| {
+            (
+                *uid,
+                PoolRow {
+                    shard: s.name.clone(),
+                    key: key.clone(),
+                    values: s.columns.iter().map(|c| c[i].to_bits()).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Pool updates (`+1` at the shard's time) for freshly committed shards' rows.
+pub trait PoolRows<'scope> {
+    /// One update per row.
+    fn pool_rows(self) -> Stream<'scope, u64, Vec<PoolUpdate>>;
+}
+
+impl<'scope> PoolRows<'scope> for Stream<'scope, u64, Vec<ShardScores>> {
+    fn pool_rows(self) -> Stream<'scope, u64, Vec<PoolUpdate>> {
+        self.unary::<CapacityContainerBuilder<Vec<PoolUpdate>>, _, _, _>(Pipeline, "PoolRows", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(t) = cap.least().copied() else { return };
+                    let mut session = output.session(&cap);
+                    for s in data.drain(..) {
+                        for u in pool_rows(&s) {
+                            session.give((u, t, 1));
+                        }
+                    }
+                });
+            }
+        })
+    }
 }

@@ -44,5 +44,18 @@ pub(crate) fn or_log(op: &str, r: flyt::Result<Vec<ScoreColumn>>) -> Vec<ScoreCo
 
 /// The uids of an embeddings batch.
 pub(crate) fn uids(e: &flyt::clip::Embeddings) -> Vec<flyt::Uid> {
-    e.ids.iter().map(|(u, _)| *u).collect()
+    e.uids()
+}
+
+/// The captions and sizes of an embeddings batch, one per row, or an error saying they were not kept with the
+/// embeddings (stored by an older flyt: re-embed, or re-read the shard's own sidecar).
+pub(crate) fn meta_of<'a>(e: &'a flyt::clip::Embeddings, op: &str) -> flyt::Result<&'a [flyt::RowMeta]> {
+    if e.meta.len() == e.ids.len() {
+        return Ok(&e.meta);
+    }
+    Err(flyt::Error::Config(format!(
+        "{op}: {} rows but {} captions: these embeddings were stored without their captions and sizes",
+        e.ids.len(),
+        e.meta.len()
+    )))
 }

@@ -8,7 +8,7 @@ use flyt::clip::Embeddings;
 use flyt::methods::{
     ImageClusters, KMeans, KMeansConfig, NegClipLossConfig, NormSimTarget, clip_score, neg_clip_loss, norm_sim,
 };
-use flyt::synth::SplitMix64;
+use flyt::rng::SplitMix64;
 use flyt_operators::{ScoreClip, ScoreImageClusters, ScoreNegClipLoss, ScoreNormSim};
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::{Concatenate, Input, Inspect};

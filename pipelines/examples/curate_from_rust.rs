@@ -1,9 +1,9 @@
 //! The `flyt curate` pipeline called from Rust: configure it in code, run it on N worker threads, read the
 //! result. Size as arguments: `cargo run --release -p flyt-pipelines --example curate_from_rust -- SHARDS ROWS WORKERS`.
 
-use flyt_pipelines::curate::{self, CurateConfig};
+use flyt_pipelines::CurateConfig;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (shards, rows, workers) =
         (args.first().copied().unwrap_or(8), args.get(1).copied().unwrap_or(1000), args.get(2).copied().unwrap_or(2));
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     config.sample.alpha = 0.15;
     config.sample.target_ratio = Some(0.5);
     config.sample.seed = 1;
-    let summary = curate::run(config, timely::Config::process(workers))?;
+    let summary = flyt_pipelines::curate(config, timely::Config::process(workers))?;
 
     let m = &summary.manifest;
     println!("{}", summary.line);

@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Inspect, ToStream};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (shards, per_shard, workers) =
         (args.first().copied().unwrap_or(4), args.get(1).copied().unwrap_or(500), args.get(2).copied().unwrap_or(2));
@@ -81,8 +81,7 @@ fn main() -> anyhow::Result<()> {
                 .inner
                 .inspect(move |(uid, _, d)| *sink.lock().unwrap().entry(*uid).or_insert(0) += d);
         });
-    })
-    .map_err(|e| anyhow::anyhow!(e))?;
+    })?;
 
     let counts = counts.lock().unwrap();
     let selected: Vec<Uid> = counts.iter().flat_map(|(u, c)| std::iter::repeat_n(*u, (*c).max(0) as usize)).collect();

@@ -34,13 +34,7 @@ pub fn font_ready() -> bool {
 pub type Series<'a> = (&'a str, &'a [(f64, f64)]);
 
 /// Draws line series into `path` (`.png`; an `.svg` beside it when no font is found). Returns the file written.
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> anyhow::Result<PathBuf> {
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> crate::Result<PathBuf> {
     let png = font_ready();
     let out = if png { path.with_extension("png") } else { path.with_extension("svg") };
     let (w, h) = (900u32, 540u32);
@@ -60,11 +54,11 @@ fn draw<DB: DrawingBackend>(
     x_label: &str,
     y_label: &str,
     series: &[Series],
-) -> anyhow::Result<()>
+) -> crate::Result<()>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("drawing: {e}"))?;
+    root.fill(&WHITE).map_err(|e| crate::Error::Incomplete(format!("drawing: {e}")))?;
     let pts = series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
@@ -83,8 +77,13 @@ where
         .x_label_area_size(42)
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
-        .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| anyhow::anyhow!("mesh: {e}"))?;
+        .map_err(|e| crate::Error::Incomplete(format!("chart: {e}")))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| crate::Error::Incomplete(format!("mesh: {e}")))?;
     let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
     for (i, (name, data)) in series.iter().enumerate() {
         let c = colours[i % colours.len()];
@@ -93,7 +92,7 @@ where
                 data.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()),
                 c.stroke_width(2),
             ))
-            .map_err(|e| anyhow::anyhow!("series: {e}"))?
+            .map_err(|e| crate::Error::Incomplete(format!("series: {e}")))?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
@@ -102,7 +101,7 @@ where
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| anyhow::anyhow!("legend: {e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("writing the chart: {e}"))?;
+        .map_err(|e| crate::Error::Incomplete(format!("legend: {e}")))?;
+    root.present().map_err(|e| crate::Error::Incomplete(format!("writing the chart: {e}")))?;
     Ok(())
 }

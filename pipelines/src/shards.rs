@@ -1,6 +1,6 @@
-//! Shard path handling shared by commands.
+//! Shard paths: which files are shards, and directories expanded into them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use flyt::{Error, Result};
 
@@ -45,9 +45,4 @@ pub fn progress(n: u64, what: &str) -> indicatif::ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
-}
-
-/// The display form of a path.
-pub fn show(p: &Path) -> String {
-    p.display().to_string()
 }

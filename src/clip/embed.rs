@@ -53,6 +53,28 @@ pub struct Embeddings {
     pub clip_score: Vec<f32>,
     /// (uid, key) of each row.
     pub ids: Vec<(crate::Uid, String)>,
+    /// Each row's caption and original image size (what the text and image-size methods read), aligned with
+    /// `ids`; empty when not known.
+    pub meta: Vec<crate::RowMeta>,
+}
+
+impl Embeddings {
+    /// Appends another batch's rows (same dimension).
+    pub fn append(&mut self, other: Embeddings) {
+        if self.ids.is_empty() && self.dim == 0 {
+            self.dim = other.dim;
+        }
+        self.image.extend(other.image);
+        self.text.extend(other.text);
+        self.clip_score.extend(other.clip_score);
+        self.ids.extend(other.ids);
+        self.meta.extend(other.meta);
+    }
+
+    /// The uids, in row order.
+    pub fn uids(&self) -> Vec<crate::Uid> {
+        self.ids.iter().map(|(u, _)| *u).collect()
+    }
 }
 
 /// A loaded CLIP model and tokenizer ready to embed samples.
@@ -200,6 +222,11 @@ impl Embedder {
                     let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_deref().unwrap_or("")).collect();
                     self.run_batch(&images, &captions, &mut out);
                     out.ids.extend(samples.iter().map(|s| (s.uid, s.key.clone())));
+                    out.meta.extend(
+                        samples
+                            .iter()
+                            .map(|s| crate::RowMeta { text: s.caption.clone(), original_size: s.original_size() }),
+                    );
                 }
                 if !open && pending.is_empty() && batch.is_empty() {
                     break;

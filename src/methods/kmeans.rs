@@ -1,7 +1,7 @@
 //! Spherical k-means over image embeddings, and DataComp's image-based clustering filter built on it.
 
 use super::{dot, normalized, rows_of};
-use crate::synth::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// k-means settings.

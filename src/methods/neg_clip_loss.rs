@@ -1,7 +1,7 @@
 //! negCLIPLoss (Wang et al. 2024): the CLIP score corrected by the normalisation term of the CLIP loss.
 
 use super::{normalized, rows_of, tensor, to_vec};
-use crate::synth::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::{Error, Result, Uid};
 
 /// negCLIPLoss settings.

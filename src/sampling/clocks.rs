@@ -668,7 +668,7 @@ mod tests {
     use crate::sampling::scs_rounds;
 
     fn pool(n: u128, scale: f64) -> Vec<(Uid, f64)> {
-        let mut r = crate::synth::SplitMix64::new(11);
+        let mut r = crate::rng::SplitMix64::new(11);
         (0..n).map(|i| (Uid::from_u128(i * 7919 + 3), (r.unit() - 0.5) * scale)).collect()
     }
 

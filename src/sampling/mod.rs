@@ -27,6 +27,6 @@ pub(crate) fn validate(pool: &[(Uid, f64)]) -> Result<Vec<usize>> {
 }
 
 /// Uniform in (0, 1].
-pub(crate) fn open_unit(r: &mut crate::synth::SplitMix64) -> f64 {
+pub(crate) fn open_unit(r: &mut crate::rng::SplitMix64) -> f64 {
     ((r.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
 }

@@ -1,7 +1,7 @@
 //! The paper's reference samplers, written to be obviously right: SCS in rounds, HCS, top-k.
 
 use super::{open_unit, validate};
-use crate::synth::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::{Error, Result, Uid};
 
 /// Soft Cap Sampling exactly as the paper's procedure (notes §4.1): rounds of `min(round, T − |S|)` distinct

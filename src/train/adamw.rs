@@ -27,7 +27,14 @@ impl Default for AdamW {
 /// One AdamW step at step number `t` (1-based) from moments `m0`, `v0`: returns (θ', m, v) with
 /// m = β1 m0 + (1−β1) g, v = β2 v0 + (1−β2) g², θ' = θ(1 − ηλ) − η m̂/(√v̂ + ε); an entry with v̂ = 0 gets only the
 /// decay. Differentiable in `g` when `g` carries a graph.
-pub fn adamw_step(theta: &Tensor, g: &Tensor, m0: &Tensor, v0: &Tensor, t: i64, o: &AdamW) -> (Tensor, Tensor, Tensor) {
+pub(crate) fn adamw_step(
+    theta: &Tensor,
+    g: &Tensor,
+    m0: &Tensor,
+    v0: &Tensor,
+    t: i64,
+    o: &AdamW,
+) -> (Tensor, Tensor, Tensor) {
     let m = m0 * o.beta1 + g * (1.0 - o.beta1);
     let v = v0 * o.beta2 + g * g * (1.0 - o.beta2);
     let bc1 = 1.0 - o.beta1.powi(t as i32);
@@ -41,7 +48,7 @@ pub fn adamw_step(theta: &Tensor, g: &Tensor, m0: &Tensor, v0: &Tensor, t: i64, 
 
 /// ∂θ'/∂g of [`adamw_step`], elementwise (the map is elementwise):
 /// −η [ c1/(√v̂ + ε) − m̂ · c2 · g / (√v̂ (√v̂ + ε)²) ], c1 = (1−β1)/(1−β1^t), c2 = (1−β2)/(1−β2^t); 0 where v̂ = 0.
-pub fn adamw_jacobian(g: &Tensor, m0: &Tensor, v0: &Tensor, t: i64, o: &AdamW) -> Tensor {
+pub(crate) fn adamw_jacobian(g: &Tensor, m0: &Tensor, v0: &Tensor, t: i64, o: &AdamW) -> Tensor {
     let m = m0 * o.beta1 + g * (1.0 - o.beta1);
     let v = v0 * o.beta2 + g * g * (1.0 - o.beta2);
     let bc1 = 1.0 - o.beta1.powi(t as i32);

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use super::trainer::{FlytState, ReferenceState, ScoringModel};
+use super::lookahead::ReferenceState;
+use super::trainer::{FlytState, ScoringModel};
 use crate::{Error, Result};
 
 fn sidecar(path: &Path) -> PathBuf {

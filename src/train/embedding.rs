@@ -3,21 +3,12 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::{AdamW, adamw_jacobian};
+use super::adamw::AdamW;
+use super::lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, Pieces, ReferenceState, inner_step};
 use super::loss::weighted_clip_loss;
-use super::mixed::weight_gradient;
 use super::optim::ParamAdamW;
 use crate::clip::l2_normalize;
 use crate::{Error, Result};
-
-/// The inner (reference) step the lookahead differentiates through.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Inner {
-    /// θ' = θ − η g (for tests: its Jacobian is −η).
-    Sgd,
-    /// θ' = AdamW(θ, g) with the reference optimiser's moments (the paper's).
-    AdamW,
-}
 
 /// The reference model: U = normalise(X_img W_imgᵀ), V = normalise(X_txt W_txtᵀ), logits exp(logit_scale)·U Vᵀ.
 /// Parameters in order: `w_img` (out × in), `w_txt` (out × in), `logit_scale` (scalar).
@@ -49,25 +40,6 @@ pub struct DownstreamBatch {
     pub captions: Option<Tensor>,
 }
 
-/// What one lookahead computed.
-#[derive(Debug)]
-pub struct Lookahead {
-    /// G_k = ∂L_down/∂w_k (weights as free variables).
-    pub g_w: Tensor,
-    /// ∂L_down/∂s_k = w_k (G_k − Σ_j w_j G_j) with w = softmax(s).
-    pub g_s: Tensor,
-    /// The weighted upstream loss at θ.
-    pub up_loss: f64,
-    /// The downstream loss at θ'.
-    pub down_loss: f64,
-    /// θ' (new parameter values), the new moments and step count.
-    pub(crate) next: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, i64),
-    /// ∂L_down/∂ρ at θ'.
-    pub(crate) d_rho: Tensor,
-    /// Norm of the reference gradient g.
-    pub grad_norm: f64,
-}
-
 /// u = a/‖a‖ and its directional derivative along da: (da − u⟨u, da⟩)/‖a‖.
 fn normalize_jvp(a: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
     let n = a.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
@@ -75,46 +47,6 @@ fn normalize_jvp(a: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
     let du = (da - &u * (&u * da).sum_dim_intlist([1i64].as_slice(), true, a.kind())) / n;
     (u, du)
 }
-
-/// The inner step for every parameter: (θ', ∂θ'/∂g, m, v, t) — shared by both reference modes.
-pub(crate) type InnerStep = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, i64);
-
-/// θ' = inner(θ, g) per parameter with its elementwise Jacobian, from the optimiser's moments (not changed).
-pub(crate) fn inner_step(params: &[Tensor], grads: &[Tensor], opt: &ParamAdamW, inner: Inner, lr: f64) -> InnerStep {
-    let _ng = tch::no_grad_guard();
-    let t = opt.t + 1;
-    let (mut next, mut jac, mut ms, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-        let (m0, v0) = opt.moments(i);
-        match inner {
-            Inner::Sgd => {
-                next.push(p.detach() - g * lr);
-                jac.push(g.ones_like() * (-lr));
-                ms.push(m0.shallow_clone());
-                vs.push(v0.shallow_clone());
-            }
-            Inner::AdamW => {
-                let cfg = opt.config_for(i, lr);
-                let (th, m, v) = super::adamw::adamw_step(&p.detach(), g, m0, v0, t, &cfg);
-                next.push(th);
-                jac.push(adamw_jacobian(g, m0, v0, t, &cfg));
-                ms.push(m);
-                vs.push(v);
-            }
-        }
-    }
-    (next, jac, ms, vs, t)
-}
-
-/// G = ∂L_down/∂w (closed form, [`weight_gradient`]) and ∂L_down/∂s = w ⊙ (G − ⟨w, G⟩) for w = softmax(s).
-pub(crate) fn weight_and_score_gradients(logits: &Tensor, dlogits: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
-    let g_w = weight_gradient(logits, dlogits, w);
-    let g_s = w * (&g_w - (w * &g_w).sum(g_w.kind()));
-    (g_w, g_s)
-}
-
-/// The logit scale's clamp after each step: [2, ln 100] (notes §2.2).
-pub const LOGIT_SCALE_RANGE: (f64, f64) = (2.0, 4.605_170_185_988_091);
 
 impl EmbeddingReference {
     /// A reference `in_dim → out_dim`: projections initialised to the identity (padded/truncated) plus
@@ -210,23 +142,21 @@ impl EmbeddingReference {
             normalize_jvp(&up_image.matmul(&self.params[0].transpose(0, 1)), &up_image.matmul(&dir[0].transpose(0, 1)));
         let (v0, dv) =
             normalize_jvp(&up_text.matmul(&self.params[1].transpose(0, 1)), &up_text.matmul(&dir[1].transpose(0, 1)));
-        let tau = tau.detach();
-        let l0 = u0.matmul(&v0.transpose(0, 1)) * &tau;
-        let dl = (du.matmul(&v0.transpose(0, 1)) + u0.matmul(&dv.transpose(0, 1))) * &tau;
-        // (vi) G and ∂L_down/∂s
-        let (g_w, g_s) = weight_and_score_gradients(&l0, &dl, &w);
-        Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next_params, ms, vs, t), d_rho, grad_norm })
+        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next_params, ms, vs, t), d_rho };
+        Ok(Lookahead::close(&u0, &du, &v0, &dv, &tau.detach(), &w, pieces))
     }
 
     /// Commits a lookahead: θ ← θ', the reference moments, and one Adam step of ρ at `lr`.
     pub fn apply(&mut self, look: Lookahead, lr: f64) {
-        let (next, m, v, t) = look.next;
-        let _g = tch::no_grad_guard();
-        for (p, n) in self.params.iter_mut().zip(&next) {
-            p.copy_(n);
-        }
-        self.opt.set_state(m, v, t);
-        let mut rho = [self.rho.shallow_clone()];
-        self.rho_opt.step(&mut rho, &[look.d_rho], lr);
+        ReferenceState::apply(self, look, lr)
+    }
+}
+
+impl ReferenceState for EmbeddingReference {
+    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW) {
+        (&self.params, &self.rho, &self.opt, &self.rho_opt)
+    }
+    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
+        (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
     }
 }

@@ -4,7 +4,7 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::adamw::AdamW;
-use super::embedding::{Inner, LOGIT_SCALE_RANGE, Lookahead, inner_step, weight_and_score_gradients};
+use super::lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, Pieces, ReferenceState, inner_step};
 use super::loss::weighted_clip_loss;
 use super::optim::ParamAdamW;
 use crate::clip::{Clip, ClipConfig, l2_normalize};
@@ -218,13 +218,9 @@ impl FullReference {
         }
         let jv = Tensor::run_backward(&[inner_prod.expect("parameters")], &[&r_u, &r_v], false, false);
         let _ng = tch::no_grad_guard();
-        let (du, dv) = (&jv[0], &jv[1]);
         let (u, v, tau) = (u.detach(), v.detach(), tau.detach());
-        let l0 = u.matmul(&v.transpose(0, 1)) * &tau;
-        let dl = (du.matmul(&v.transpose(0, 1)) + u.matmul(&dv.transpose(0, 1))) * &tau;
-        // (vi) G and ∂L_down/∂s
-        let (g_w, g_s) = weight_and_score_gradients(&l0, &dl, &w);
-        Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next, ms, vs, t), d_rho, grad_norm })
+        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next, ms, vs, t), d_rho };
+        Ok(Lookahead::close(&u, &jv[0], &v, &jv[1], &tau, &w, pieces))
     }
 
     /// [`FullReference::lookahead`] in chunks (gradient caching): embeddings are computed chunk by chunk
@@ -314,23 +310,13 @@ impl FullReference {
         let dv = jvp_chunks(ids, chunk, |x| text_embed(&self.model, x), &ps, &dir);
         let _ng = tch::no_grad_guard();
         let tau = self.params[ls].detach().exp();
-        let l0 = u.matmul(&v.transpose(0, 1)) * &tau;
-        let dlog = (du.matmul(&v.transpose(0, 1)) + u.matmul(&dv.transpose(0, 1))) * &tau;
-        // (vi) G and ∂L_down/∂s
-        let (g_w, g_s) = weight_and_score_gradients(&l0, &dlog, &w);
-        Ok(Lookahead { g_w, g_s, up_loss, down_loss, next: (next, ms, vs, t), d_rho, grad_norm })
+        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next, ms, vs, t), d_rho };
+        Ok(Lookahead::close(&u, &du, &v, &dv, &tau, &w, pieces))
     }
 
     /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
     pub fn apply(&mut self, look: Lookahead, lr: f64) {
-        let (next, m, v, t) = look.next;
-        let _g = tch::no_grad_guard();
-        for (p, n) in self.params.iter_mut().zip(&next) {
-            p.copy_(n);
-        }
-        self.opt.set_state(m, v, t);
-        let mut rho = [self.rho.shallow_clone()];
-        self.rho_opt.step(&mut rho, &[look.d_rho], lr);
+        ReferenceState::apply(self, look, lr)
     }
 
     /// One plain CLIP training step (standard loss, AdamW at `lr`): the baseline FLYT's cost is compared to.
@@ -376,15 +362,12 @@ impl FullReference {
     }
 }
 
-impl super::trainer::ReferenceState for FullReference {
+impl ReferenceState for FullReference {
     fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW) {
         (&self.params, &self.rho, &self.opt, &self.rho_opt)
     }
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
         (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
-    }
-    fn apply(&mut self, look: Lookahead, lr: f64) {
-        FullReference::apply(self, look, lr)
     }
 }
 

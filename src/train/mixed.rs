@@ -13,7 +13,7 @@ use tch::Tensor;
 /// ```
 ///
 /// and G = ½ (that for (ℓ, δℓ) + that for (ℓᵀ, δℓᵀ)). `w` are the (positive) weights, not their logs.
-pub fn weight_gradient(logits: &Tensor, dlogits: &Tensor, w: &Tensor) -> Tensor {
+pub(crate) fn weight_gradient(logits: &Tensor, dlogits: &Tensor, w: &Tensor) -> Tensor {
     let dir = |l: &Tensor, dl: &Tensor| {
         let p = (l + w.log().unsqueeze(0)).softmax(1, l.kind());
         let m = (&p * dl).sum_dim_intlist([1i64].as_slice(), true, l.kind());

@@ -37,7 +37,7 @@ pub struct ParamAdamW {
 }
 
 /// Whether open_clip decays a parameter of this name and shape.
-pub fn decays(name: &str, dims: usize) -> bool {
+pub(crate) fn decays(name: &str, dims: usize) -> bool {
     dims >= 2 && !["bn", "ln", "bias", "logit_scale"].iter().any(|k| name.contains(k))
 }
 

@@ -4,41 +4,86 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use super::{GluHead, Mixer, ScoringModel, load_model};
-use crate::{Error, Result};
+use crate::{Error, Result, file_sha256};
 
-/// The SHA-256 (hex) of a file's bytes, read in 1 MiB blocks.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
+/// Which scoring model a checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A FLYT head over [u; t] embeddings (`flyt train flyt`).
+    Flyt,
+    /// An M-FLYT mixer over score columns (`flyt train mflyt`).
+    Mflyt,
+}
+
+impl ModelKind {
+    /// `flyt` or `mflyt`, as the sidecar spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Flyt => "flyt",
+            ModelKind::Mflyt => "mflyt",
         }
-        h.update(&buf[..n]);
     }
-    Ok(format!("{:x}", h.finalize()))
 }
 
-fn sidecar_meta(path: &Path) -> Result<serde_json::Value> {
-    let side = path.with_extension("json");
-    let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&side, "json", e.to_string()))?;
-    Ok(json.get("meta").cloned().unwrap_or(serde_json::Value::Null))
+/// What a checkpoint's JSON sidecar (`<checkpoint>.json`) says: the model's kind and shape, the step it was
+/// saved at, and the run's description (`meta`: mode, inputs, the CLIP model, the embedding prefix, ...).
+#[derive(Clone, Debug)]
+pub struct CheckpointInfo {
+    /// The model kind.
+    pub kind: ModelKind,
+    /// FLYT: the embedding dimension the head takes (0 for a mixer).
+    pub dim: usize,
+    /// M-FLYT: the mixer's columns, in input order (empty for a head).
+    pub columns: Vec<String>,
+    /// The step the checkpoint was saved at.
+    pub step: u64,
+    /// The run's description as saved.
+    pub meta: serde_json::Value,
 }
 
-fn kind_of(path: &Path, meta: &serde_json::Value, want: &str) -> Result<()> {
-    match meta["kind"].as_str() {
-        Some(k) if k == want => Ok(()),
-        Some(k) => Err(Error::format(path.with_extension("json"), "meta.kind", format!("a {k} model, not {want}"))),
-        None => Err(Error::format(path.with_extension("json"), "meta.kind", "missing")),
+impl CheckpointInfo {
+    /// Reads `<checkpoint>.json`; a missing or wrong field is an error naming the sidecar and the field.
+    pub fn read(checkpoint: &Path) -> Result<Self> {
+        let side = checkpoint.with_extension("json");
+        let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&side, "json", e.to_string()))?;
+        let meta = json.get("meta").cloned().unwrap_or(serde_json::Value::Null);
+        let kind = match meta["kind"].as_str() {
+            Some("flyt") => ModelKind::Flyt,
+            Some("mflyt") => ModelKind::Mflyt,
+            Some(k) => return Err(Error::format(&side, "meta.kind", format!("unknown model kind {k:?}"))),
+            None => return Err(Error::format(&side, "meta.kind", "missing")),
+        };
+        let dim = match kind {
+            ModelKind::Flyt => {
+                meta["dim"].as_u64().ok_or_else(|| Error::format(&side, "meta.dim", "missing"))? as usize
+            }
+            ModelKind::Mflyt => 0,
+        };
+        let columns: Vec<String> = meta["columns"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if kind == ModelKind::Mflyt && columns.is_empty() {
+            return Err(Error::format(&side, "meta.columns", "no columns"));
+        }
+        Ok(CheckpointInfo { kind, dim, columns, step: json["step"].as_u64().unwrap_or(0), meta })
+    }
+
+    /// An error unless the checkpoint holds a `want` model.
+    pub fn expect(&self, checkpoint: &Path, want: ModelKind) -> Result<()> {
+        if self.kind == want {
+            return Ok(());
+        }
+        Err(Error::format(
+            checkpoint.with_extension("json"),
+            "meta.kind",
+            format!("a {} model, not {}", self.kind.name(), want.name()),
+        ))
     }
 }
 
@@ -61,11 +106,9 @@ pub struct FlytScorer {
 impl FlytScorer {
     /// Loads the head of a FLYT checkpoint (`<path>` and its `.json` sidecar).
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let meta = sidecar_meta(path)?;
-        kind_of(path, &meta, "flyt")?;
-        let dim =
-            meta["dim"].as_u64().ok_or_else(|| Error::format(path.with_extension("json"), "meta.dim", "missing"))?
-                as usize;
+        let info = CheckpointInfo::read(path)?;
+        info.expect(path, ModelKind::Flyt)?;
+        let dim = info.dim;
         let vs = tch::nn::VarStore::new(device);
         let head = GluHead::new(&vs.root(), dim as i64);
         load_model(path, &head)?;
@@ -130,15 +173,9 @@ pub struct MixWeights {
 impl MixWeights {
     /// Loads an M-FLYT checkpoint (`<path>` and its `.json` sidecar, which names the columns).
     pub fn load(path: &Path) -> Result<Self> {
-        let meta = sidecar_meta(path)?;
-        kind_of(path, &meta, "mflyt")?;
-        let columns: Vec<String> = meta["columns"]
-            .as_array()
-            .map(|c| c.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        if columns.is_empty() {
-            return Err(Error::format(path.with_extension("json"), "meta.columns", "no columns"));
-        }
+        let info = CheckpointInfo::read(path)?;
+        info.expect(path, ModelKind::Mflyt)?;
+        let columns = info.columns;
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let mixer = Mixer::new(&vs.root(), columns.len() as i64);
         load_model(path, &mixer)?;

@@ -3,10 +3,11 @@
 use tch::{Kind, Tensor};
 
 use super::adamw::AdamW;
-use super::embedding::{DownstreamBatch, EmbeddingReference, Inner, Lookahead};
+use super::embedding::{DownstreamBatch, EmbeddingReference};
+use super::lookahead::{Inner, Lookahead, ReferenceState};
 use super::models::{GluHead, Mixer};
 use super::optim::{ParamAdamW, cosine_lr};
-use crate::synth::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// A scoring model trained by FLYT: scores from per-example features.
@@ -69,6 +70,55 @@ pub struct DownstreamTask {
     pub prompts: Tensor,
     /// `M × in` caption embeddings for the downstream CLIP loss (notes §2.4 (b)) instead of the classifier.
     pub captions: Option<Tensor>,
+}
+
+impl DownstreamTask {
+    /// Reads a task `.npz` as `flyt downstream` writes it: `image` (M × d), `labels` (M integers in `0..C`),
+    /// `prompts` (C × T × d), optionally `captions` (M × d); every embedding is normalised. `dim` is the pool's
+    /// embedding dimension; anything else is an error naming the file and the array.
+    pub fn from_npz(path: &std::path::Path, dim: usize, device: tch::Device) -> Result<Self> {
+        let arrays = crate::read_npz(path)?;
+        let bad = |reason: String| Error::format(path, "array", reason);
+        let get = |k: &str| arrays.get(k).ok_or_else(|| bad(format!("no array {k:?} (need image, labels, prompts)")));
+        let img = get("image")?;
+        let [m, d] = img.shape[..] else { return Err(bad("image must be M × d".into())) };
+        let prompts = get("prompts")?;
+        let [c, t, d2] = prompts.shape[..] else { return Err(bad("prompts must be C × T × d".into())) };
+        if d != dim || d2 != dim {
+            return Err(bad(format!("{d}-d images / {d2}-d prompts, the pool's embeddings are {dim}-d")));
+        }
+        let labels: Vec<i64> = match &get("labels")?.data {
+            crate::NpyData::I64(v) => v.clone(),
+            crate::NpyData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            crate::NpyData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            _ => return Err(bad("labels must be integers".into())),
+        };
+        if labels.len() != m {
+            return Err(bad(format!("{m} images but {} labels", labels.len())));
+        }
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l < 0 || **l >= c as i64) {
+            return Err(bad(format!("label {l} of row {i} is not a class in 0..{c}")));
+        }
+        let f = |a: &crate::NpyArray, k: &str| a.to_f32().ok_or_else(|| bad(format!("{k} is not a float array")));
+        let matrix =
+            |data: Vec<f32>, rows: usize| Tensor::from_slice(&data).view([rows as i64, d as i64]).to_device(device);
+        let l2 = crate::clip::l2_normalize;
+        Ok(DownstreamTask {
+            image: l2(&matrix(f(img, "image")?, m)),
+            labels: Tensor::from_slice(&labels).to_device(device),
+            prompts: l2(&Tensor::from_slice(&f(prompts, "prompts")?).view([c as i64, t as i64, d as i64]))
+                .to_device(device),
+            captions: match arrays.get("captions") {
+                None => None,
+                Some(cap) => {
+                    if cap.shape != [m, d] {
+                        return Err(bad(format!("captions must be M × d like image, shape is {:?}", cap.shape)));
+                    }
+                    Some(l2(&matrix(f(cap, "captions")?, m)))
+                }
+            },
+        })
+    }
 }
 
 /// Training settings (defaults: notes §2.6, except the step count).
@@ -193,28 +243,6 @@ pub(crate) fn finish_step<R: ReferenceState>(
     }
     state.step += 1;
     log
-}
-
-/// What a checkpoint needs of a reference model: its parameters, ρ, and both optimisers.
-pub trait ReferenceState {
-    /// (parameters, ρ, AdamW over the parameters, Adam over ρ).
-    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW);
-    /// The same, mutable (to load a checkpoint).
-    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW);
-    /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
-    fn apply(&mut self, look: Lookahead, lr: f64);
-}
-
-impl ReferenceState for EmbeddingReference {
-    fn parts(&self) -> (&[Tensor], &Tensor, &ParamAdamW, &ParamAdamW) {
-        (&self.params, &self.rho, &self.opt, &self.rho_opt)
-    }
-    fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
-        (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
-    }
-    fn apply(&mut self, look: Lookahead, lr: f64) {
-        EmbeddingReference::apply(self, look, lr)
-    }
 }
 
 /// The state a FLYT run carries from step to step (and a checkpoint saves): the reference model with its

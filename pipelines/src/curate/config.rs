@@ -3,30 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use flyt::DeviceSpec;
+pub use flyt_operators::{Arrival, EmbeddingSource};
 use serde::{Deserialize, Serialize};
 
-/// When a shard in a watched directory counts as arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Arrival {
-    /// As soon as it is visible under its final name: writers write to a temporary name (a leading `.`, or
-    /// `.tmp` / `.part` / `.incomplete` at the end) and rename it into place.
-    Rename,
-    /// Only once its img2dataset `<stem>_stats.json` or a `<stem>.done` marker exists.
-    Marker,
-}
-
-/// Where embeddings come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum EmbeddingSource {
-    /// DataComp sidecars (`<stem>.parquet` + `<stem>.npz`) when a shard has them, else the CLIP model.
-    Auto,
-    /// Only sidecars: a shard waits for both files; the tar is never read.
-    Sidecar,
-    /// Always embed the tar's images and captions with the CLIP model.
-    Model,
-}
+use crate::methods::{Centroids, Method, MethodInputs, NegClipLossParams, columns_of};
+use crate::{Error, Result};
 
 /// `[input]`: what to curate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,32 +51,73 @@ impl Default for Input {
 pub struct Embed {
     /// A Hugging Face CLIP folder.
     pub model: Option<PathBuf>,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    /// `auto`, `cpu`, `cuda` or `cuda:N` (also for the scoring methods' matrix work).
+    pub device: DeviceSpec,
     /// Largest embedding batch.
     pub batch_size: usize,
-    /// Keep each embedded shard's embeddings (`OUT/embeddings/<stem>.npz` + `.parquet`, a DataComp pool), so a
-    /// changed FLYT head re-scores without re-embedding.
+    /// Keep each embedded shard's embeddings (`OUT/embeddings/<stem>.npz` + `.parquet`, a DataComp pool, with
+    /// each row's caption and size), so a changed scoring method re-scores without re-embedding.
     pub store: bool,
 }
 
 impl Default for Embed {
     fn default() -> Self {
-        Embed { model: None, device: "auto".into(), batch_size: 256, store: true }
+        Embed { model: None, device: DeviceSpec::Auto, batch_size: 256, store: true }
     }
 }
 
-/// `[score]`: the scoring models and what feeds SCS.
+/// `[score]`: the scoring methods, their inputs, and what feeds SCS.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Score {
-    /// A FLYT checkpoint (`flyt train flyt`): adds the `flyt` column.
+    /// The methods each shard is scored with, each adding its columns to the shard's score table (default:
+    /// `clip_score`, and `flyt` with a FLYT head). A changed list, or a changed input of a method, re-scores
+    /// committed shards from their embeddings.
+    pub methods: Option<Vec<Method>>,
+    /// A FLYT checkpoint (`flyt train flyt`): the `flyt` method.
     pub flyt: Option<PathBuf>,
-    /// An M-FLYT checkpoint (`flyt train mflyt`): the score is its mix of its columns (internal ones —
-    /// `clip_score`, `flyt` — and external ones from `[input] scores`).
+    /// An M-FLYT checkpoint (`flyt train mflyt`): the score is its mix of its columns (those the methods
+    /// compute, and the others from external score files in `[input] scores`).
     pub mixer: Option<PathBuf>,
-    /// Without a mixer, the column SCS samples by (default: `flyt` with a FLYT head, else `clip_score`).
+    /// Without a mixer, the column SCS samples by (default: `flyt` when computed, else `clip_score`).
     pub column: Option<String>,
+    /// NormSim and image-based: the downstream set's image embeddings (`.npy`, `.npz`, `FILE.npz:KEY`).
+    pub downstream: Vec<String>,
+    /// Text-based: downstream `classnames.txt` files.
+    pub classnames: Vec<PathBuf>,
+    /// Image-based: fixed k-means centroids (`flyt clusters`), so the result does not depend on arrival order.
+    pub centroids: Option<PathBuf>,
+    /// negCLIPLoss: batch B, repeats K, temperature τ, seed (batches are formed within each shard).
+    pub neg_clip_loss: NegClipLossParams,
+}
+
+impl Score {
+    /// The methods, in order (the default when none are given).
+    pub fn methods(&self) -> Vec<Method> {
+        let mut m = self.methods.clone().unwrap_or_else(|| vec![Method::ClipScore]);
+        if self.flyt.is_some() && !m.contains(&Method::Flyt) {
+            m.push(Method::Flyt);
+        }
+        m.dedup();
+        m
+    }
+
+    /// The score columns, in order.
+    pub fn columns(&self) -> Vec<String> {
+        columns_of(&self.methods())
+    }
+
+    /// The methods' inputs.
+    pub fn inputs(&self, prefix: Option<String>) -> MethodInputs {
+        MethodInputs {
+            downstream: self.downstream.clone(),
+            classnames: self.classnames.clone(),
+            centroids: self.centroids.clone().map(Centroids::File),
+            neg_clip_loss: self.neg_clip_loss.clone(),
+            flyt: self.flyt.clone(),
+            prefix,
+        }
+    }
 }
 
 /// `[sample]`: Soft Cap Sampling.
@@ -160,38 +183,43 @@ pub struct CurateConfig {
 
 impl CurateConfig {
     /// Reads a TOML file; unknown keys are errors naming them.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     /// Checks what can be checked before starting.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<()> {
+        let bail = |m: String| Err(Error::Config(m));
         if self.input.shards.is_empty() {
-            anyhow::bail!("no shards: give --shards DIR (or [input] shards in the config)");
+            return bail("no shards: give --shards DIR (or [input] shards in the config)".into());
         }
         if self.output.dir.as_os_str().is_empty() {
-            anyhow::bail!("no output directory: give --out DIR (or [output] dir in the config)");
+            return bail("no output directory: give --out DIR (or [output] dir in the config)".into());
         }
         if self.sample.alpha.is_nan() || self.sample.alpha < 0.0 {
-            anyhow::bail!("[sample] alpha must be ≥ 0, got {}", self.sample.alpha);
+            return bail(format!("[sample] alpha must be ≥ 0, got {}", self.sample.alpha));
         }
         if self.sample.target.is_some() && self.sample.target_ratio.is_some() {
-            anyhow::bail!("[sample] give target or target_ratio, not both");
+            return bail("[sample] give target or target_ratio, not both".into());
         }
         if let Some(r) = self.sample.target_ratio
             && !(r.is_finite() && r >= 0.0)
         {
-            anyhow::bail!("[sample] target_ratio must be a finite number ≥ 0, got {r}");
+            return bail(format!("[sample] target_ratio must be a finite number ≥ 0, got {r}"));
         }
         if self.input.embeddings == EmbeddingSource::Model && self.embed.model.is_none() {
-            anyhow::bail!("[input] embeddings = \"model\" needs a CLIP model (--model DIR or [embed] model)");
+            return bail("[input] embeddings = \"model\" needs a CLIP model (--model DIR or [embed] model)".into());
         }
         if self.embed.batch_size == 0 {
-            anyhow::bail!("[embed] batch_size must be ≥ 1");
+            return bail("[embed] batch_size must be ≥ 1".into());
         }
         if self.output.reshard.is_some() && self.follow {
-            anyhow::bail!("[output] reshard runs after a batch run; it cannot be combined with --follow");
+            return bail("[output] reshard runs after a batch run; it cannot be combined with --follow".into());
+        }
+        let methods = self.score.methods();
+        if methods.contains(&Method::Flyt) && self.score.flyt.is_none() {
+            return bail("[score] methods has flyt: give the FLYT checkpoint with --flyt CKPT ([score] flyt)".into());
         }
         Ok(())
     }

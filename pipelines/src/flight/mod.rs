@@ -17,7 +17,7 @@
 //! `Unauthenticated`) and changes nothing.
 
 mod put;
-pub mod state;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -215,7 +215,7 @@ impl CurationFlight {
         opts: &FlightOptions,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let parts: Vec<&str> = ticket.split('/').collect();
-        let nf = |e: anyhow::Error| Status::not_found(format!("{e:#}"));
+        let nf = |e: crate::Error| Status::not_found(e.report());
         Ok(match parts.as_slice() {
             ["subset", version, part] => {
                 let (v, i): (u64, usize) = (
@@ -467,7 +467,7 @@ pub async fn serve(
     out: PathBuf,
     opts: FlightOptions,
     stop: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let state = Arc::new(Mutex::new(State::new(&out)));
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let refresher = {
@@ -476,10 +476,12 @@ pub async fn serve(
             loop {
                 let st = state.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    st.lock().map_err(|_| anyhow::anyhow!("poisoned")).and_then(|mut s| {
-                        let new = s.refresh()?;
-                        Ok(new.then(|| s.current().map(|v| v.version).unwrap_or(0)))
-                    })
+                    st.lock().map_err(|_| crate::Error::Flight("the state lock is poisoned".into())).and_then(
+                        |mut s| {
+                            let new = s.refresh()?;
+                            Ok(new.then(|| s.current().map(|v| v.version).unwrap_or(0)))
+                        },
+                    )
                 })
                 .await;
                 match r {
@@ -499,9 +501,11 @@ pub async fn serve(
         .max_encoding_message_size(opts.max_message_bytes);
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &opts.tls {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| crate::Error::io(p, e));
         let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| crate::Error::Flight(format!("TLS: {e}")))?;
     }
     tracing::info!(addr = %opts.addr, tls = opts.tls.is_some(), "Flight service listening");
     // On shutdown, stop the refresher first: that drops the version sender, which ends the open change
@@ -513,20 +517,38 @@ pub async fn serve(
     };
     let result = builder.add_service(server).serve_with_shutdown(opts.addr, stop).await;
     refresher.abort();
-    result.map_err(|e| anyhow::anyhow!("Flight service on {}: {e}", opts.addr))
+    result.map_err(|e| crate::Error::Flight(format!("on {}: {e}", opts.addr)))
 }
 
 /// Runs [`serve`] on its own runtime in a new thread; the returned sender stops it.
 pub fn spawn(
     out: PathBuf,
     opts: FlightOptions,
-) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)> {
+) -> crate::Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<crate::Result<()>>)> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Flight(format!("starting its runtime: {e}")))?;
     let handle = std::thread::spawn(move || {
         rt.block_on(serve(out, opts, async move {
             let _ = rx.await;
         }))
     });
     Ok((tx, handle))
+}
+
+/// Runs [`serve`] on a runtime of its own until SIGINT/SIGTERM ([`crate::STOP`], after
+/// [`crate::install_stop_signals`]).
+pub fn serve_until_stopped(out: PathBuf, opts: FlightOptions) -> crate::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Flight(format!("starting its runtime: {e}")))?;
+    rt.block_on(serve(out, opts, async {
+        while !crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
 }

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use arrow_array::builder::{
     BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder, Int64Builder, StringBuilder, UInt32Builder,
     UInt64Builder,
@@ -16,8 +15,9 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use flyt::Uid;
 use flyt::train::MixWeights;
 
-use crate::curate::CurateConfig;
-use crate::curate::records::{Layout, ShardRecord};
+use flyt::curation::{Layout, ShardRecord, read_sidecar};
+
+use crate::CurateConfig;
 
 /// Versions of the subset kept for `subset/<version>/<part>` tickets and change streams.
 const KEEP_VERSIONS: usize = 8;
@@ -73,10 +73,11 @@ impl State {
 
     /// Reads the manifest and, if the subset changed, the subset; returns whether a new version appeared. A
     /// manifest whose subset digest does not match the file (a publication in progress) is left for later.
-    pub fn refresh(&mut self) -> anyhow::Result<bool> {
+    pub fn refresh(&mut self) -> crate::Result<bool> {
         let m = self.out.join("manifest.json");
         let Ok(bytes) = std::fs::read(&m) else { return Ok(false) };
-        let manifest: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}", m.display()))?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| crate::Error::Config(format!("{}: {e}", m.display())))?;
         let digest = manifest["subset"]["sha256"].as_str().unwrap_or_default().to_string();
         if digest.is_empty() || digest == self.digest {
             if let Some(v) = self.versions.back_mut() {
@@ -85,7 +86,7 @@ impl State {
             return Ok(false);
         }
         let subset_path = self.out.join("subset.npy");
-        let bytes = std::fs::read(&subset_path).with_context(|| format!("{}", subset_path.display()))?;
+        let bytes = std::fs::read(&subset_path).map_err(|e| crate::Error::io(&subset_path, e))?;
         if flyt_digest(&bytes) != digest {
             return Ok(false);
         }
@@ -150,7 +151,7 @@ impl State {
         if !self.shards().iter().any(|s| s == name) {
             return None;
         }
-        Layout { out: self.out.clone() }.records_one(name)
+        Layout::new(&self.out).record_of(name)
     }
 
     /// External scores for the mix, read once per list of files.
@@ -208,7 +209,7 @@ fn strings(v: impl IntoIterator<Item = impl AsRef<str>>) -> ArrayRef {
 }
 
 /// The schema and one batch of the subset (rows `range`), with the version in the schema metadata.
-pub fn subset_batch(v: &Version, range: std::ops::Range<usize>) -> anyhow::Result<RecordBatch> {
+pub fn subset_batch(v: &Version, range: std::ops::Range<usize>) -> crate::Result<RecordBatch> {
     let rows = &v.counts[range.start.min(v.counts.len())..range.end.min(v.counts.len())];
     let mut counts = UInt32Builder::with_capacity(rows.len());
     counts.append_slice(&rows.iter().map(|(_, c)| *c).collect::<Vec<_>>());
@@ -238,7 +239,7 @@ pub fn changes_schema() -> SchemaRef {
 }
 
 /// One batch of changes.
-pub fn changes_batch(changes: &[Change]) -> anyhow::Result<RecordBatch> {
+pub fn changes_batch(changes: &[Change]) -> crate::Result<RecordBatch> {
     let (mut v, mut d) = (UInt64Builder::new(), Int64Builder::new());
     let mut uids = Vec::new();
     for (ver, c) in changes {
@@ -275,8 +276,8 @@ pub struct ScoresPlan {
 }
 
 /// Plans serving shard `name`'s score table.
-pub fn scores_plan(state: &mut State, name: &str) -> anyhow::Result<ScoresPlan> {
-    let record = state.record(name).ok_or_else(|| anyhow::anyhow!("no committed shard {name:?}"))?;
+pub fn scores_plan(state: &mut State, name: &str) -> crate::Result<ScoresPlan> {
+    let record = state.record(name).ok_or_else(|| crate::Error::NotFound(format!("no committed shard {name:?}")))?;
     let config = state.config().unwrap_or_default();
     let mix = match &config.score.mixer {
         Some(m) => Some((MixWeights::load(m)?, state.external())),
@@ -299,33 +300,45 @@ impl ScoresPlan {
     }
 
     /// The table in batches of 64k rows, straight from the parquet file plus `shard` and `score`.
-    pub fn batches(&self) -> anyhow::Result<Vec<RecordBatch>> {
+    pub fn batches(&self) -> crate::Result<Vec<RecordBatch>> {
         use arrow_array::cast::AsArray;
         use arrow_array::types::Float32Type;
-        let file = std::fs::File::open(&self.path).with_context(|| format!("{}", self.path.display()))?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        let file = std::fs::File::open(&self.path).map_err(|e| crate::Error::io(&self.path, e))?;
+        let pq = |source| crate::Error::Flyt(flyt::Error::Parquet { path: self.path.clone(), source });
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(pq)?
             .with_batch_size(1 << 16)
-            .build()?;
+            .build()
+            .map_err(pq)?;
         let schema = scores_schema(&self.columns);
         let mut out = Vec::new();
         for b in reader {
             let b = b?;
             let col = |n: &str| {
-                b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("{}: no column {n}", self.path.display()))
+                b.column_by_name(n)
+                    .cloned()
+                    .ok_or_else(|| crate::Error::NotFound(format!("{}: no column {n}", self.path.display())))
             };
             let (uid, key) = (col("uid")?, col("key")?);
-            let values: Vec<ArrayRef> = self.columns.iter().map(|c| col(c)).collect::<anyhow::Result<_>>()?;
+            let values: Vec<ArrayRef> = self.columns.iter().map(|c| col(c)).collect::<crate::Result<_>>()?;
             let f32s: Vec<&arrow_array::Float32Array> = values
                 .iter()
                 .zip(&self.columns)
                 .map(|(a, c)| {
                     a.as_primitive_opt::<Float32Type>().ok_or_else(|| {
-                        anyhow::anyhow!("{}: column {c} is {}, not float32", self.path.display(), a.data_type())
+                        crate::Error::NotFound(format!(
+                            "{}: column {c} is {}, not float32",
+                            self.path.display(),
+                            a.data_type()
+                        ))
                     })
                 })
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<crate::Result<_>>()?;
             if uid.as_string_opt::<i32>().is_none() || key.as_string_opt::<i32>().is_none() {
-                anyhow::bail!("{}: uid and key must be utf8 columns", self.path.display());
+                return Err(crate::Error::NotFound(format!(
+                    "{}: uid and key must be utf8 columns",
+                    self.path.display()
+                )));
             }
             let n = b.num_rows();
             let mut score = Float64Builder::with_capacity(n);
@@ -359,11 +372,11 @@ impl ScoresPlan {
 }
 
 /// Per-shard stats: one row per committed shard.
-pub fn stats_batch(state: &State) -> anyhow::Result<RecordBatch> {
+pub fn stats_batch(state: &State) -> crate::Result<RecordBatch> {
     let schema = stats_schema();
     let names = state.shards();
     let layout = Layout { out: state.out.clone() };
-    let records: Vec<ShardRecord> = names.iter().filter_map(|n| layout.records_one(n)).collect();
+    let records: Vec<ShardRecord> = names.iter().filter_map(|n| layout.record_of(n)).collect();
     let u = |f: fn(&ShardRecord) -> u64| -> ArrayRef {
         let mut b = UInt64Builder::new();
         for r in &records {
@@ -426,10 +439,10 @@ pub fn rejects_schema() -> SchemaRef {
 }
 
 /// A shard's rejects.
-pub fn rejects_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch> {
-    state.record(name).ok_or_else(|| anyhow::anyhow!("no committed shard {name:?}"))?;
+pub fn rejects_batch(state: &State, name: &str) -> crate::Result<RecordBatch> {
+    state.record(name).ok_or_else(|| crate::Error::NotFound(format!("no committed shard {name:?}")))?;
     let path = Layout { out: state.out.clone() }.rejects(name);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
     let rows: Vec<flyt::Rejected> =
         text.lines().filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect();
     let mut m = UInt64Builder::new();
@@ -450,8 +463,8 @@ pub fn rejects_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch> {
 
 /// A shard's embeddings (its sidecar or the stored copy): `uid`, `key`, `image`, `text` (fixed-size lists of
 /// f32).
-pub fn embeddings_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch> {
-    let record = state.record(name).ok_or_else(|| anyhow::anyhow!("no committed shard {name:?}"))?;
+pub fn embeddings_batch(state: &State, name: &str) -> crate::Result<RecordBatch> {
+    let record = state.record(name).ok_or_else(|| crate::Error::NotFound(format!("no committed shard {name:?}")))?;
     let (parquet, npz) = match (&record.embeddings, record.via.as_str()) {
         (Some(pair), _) => pair.clone(),
         (None, "sidecar") => {
@@ -459,12 +472,16 @@ pub fn embeddings_batch(state: &State, name: &str) -> anyhow::Result<RecordBatch
             let n = record.inputs.iter().find(|f| f.path.extension().is_some_and(|x| x == "npz"));
             match (p, n) {
                 (Some(p), Some(n)) => (p.path.clone(), n.path.clone()),
-                _ => anyhow::bail!("shard {name:?} has no embeddings"),
+                _ => return Err(crate::Error::NotFound(format!("shard {name:?} has no embeddings"))),
             }
         }
-        _ => anyhow::bail!("shard {name:?} has no stored embeddings (run curate with [embed] store = true)"),
+        _ => {
+            return Err(crate::Error::NotFound(format!(
+                "shard {name:?} has no stored embeddings (run curate with [embed] store = true)"
+            )));
+        }
     };
-    let (e, _, _, _) = crate::curate::records::read_sidecar(name, &parquet, &npz, Some(&record.prefix))?;
+    let e = read_sidecar(name, &parquet, &npz, Some(&record.prefix))?.embeddings;
     let dim = e.dim as i32;
     let list = |v: &[f32]| -> ArrayRef {
         let mut b = FixedSizeListBuilder::new(Float32Builder::with_capacity(v.len()), dim);

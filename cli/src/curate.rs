@@ -1,0 +1,280 @@
+//! `flyt curate`: the streaming curation graph (see `flyt_pipelines::curate`).
+
+use std::path::PathBuf;
+
+use clap::ArgAction;
+use flyt::DeviceSpec;
+use flyt_pipelines::{Arrival, CurateConfig, EmbeddingSource, Method};
+
+/// Arguments of `flyt curate`. Flags override the `--config` file.
+#[derive(clap::Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct Args {
+    /// A directory of WebDataset shards (watched with --follow), or shard files. A shard with DataComp sidecars
+    /// (`<stem>.parquet` + `<stem>.npz`) is scored from them without a model.
+    #[arg(long, num_args = 1..)]
+    pub shards: Vec<PathBuf>,
+    /// Output directory: `subset.npy`, `manifest.json`, `shards/` (per-shard commit records, score tables,
+    /// rejects), `embeddings/`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A pipeline TOML file (sections [input], [embed], [score], [sample], [output]; see the README).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Keep watching for new shards and score files, updating `subset.npy` as they land, until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: exit once nothing new arrived for this many seconds and everything is committed.
+    #[arg(long)]
+    pub idle_exit: Option<f64>,
+    /// How often watched directories are listed, in milliseconds.
+    #[arg(long)]
+    pub poll_ms: Option<u64>,
+    /// Least time between two publications of subset.npy + manifest.json while following, in milliseconds.
+    #[arg(long)]
+    pub publish_ms: Option<u64>,
+    /// Worker threads in this process.
+    #[arg(long, short = 'w')]
+    pub workers: Option<usize>,
+    /// Cluster: the number of processes.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// Cluster: this process's index.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// Cluster: a file with one `host:port` per process (default: localhost:2101, 2102, ...).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// When a shard counts as arrived: `rename` (under its final name) or `marker` (once its
+    /// `<stem>_stats.json` or `<stem>.done` exists).
+    #[arg(long)]
+    pub arrival: Option<Arrival>,
+    /// Where embeddings come from: `auto` (sidecars when present, else the model), `sidecar` or `model`.
+    #[arg(long)]
+    pub embeddings: Option<EmbeddingSource>,
+    /// A Hugging Face CLIP folder for shards without sidecars.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, value_parser = crate::device)]
+    pub device: Option<DeviceSpec>,
+    /// Embedding batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// The scoring methods (comma-separated): clip_score, neg_clip_loss, norm_sim_2, norm_sim_inf, image_based,
+    /// text_based, basic, flyt (default: clip_score, and flyt with --flyt).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// A FLYT checkpoint: the `flyt` method.
+    #[arg(long)]
+    pub flyt: Option<PathBuf>,
+    /// NormSim and image-based: the downstream set's image embeddings (`.npy`, `.npz`, `FILE.npz:KEY`;
+    /// repeatable).
+    #[arg(long)]
+    pub downstream: Vec<String>,
+    /// Text-based: downstream `classnames.txt` files (repeatable).
+    #[arg(long)]
+    pub classnames: Vec<PathBuf>,
+    /// Image-based: fixed k-means centroids (`flyt clusters`).
+    #[arg(long)]
+    pub centroids: Option<PathBuf>,
+    /// An M-FLYT checkpoint: the score SCS samples by is its mix.
+    #[arg(long)]
+    pub mixer: Option<PathBuf>,
+    /// A directory of external per-uid score parquet files (watched), joined on uid for the mix.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// SCS repetition penalty α.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// SCS target T (Σ counts).
+    #[arg(long, conflicts_with = "target_ratio")]
+    pub target: Option<u64>,
+    /// T as a fraction of the pool.
+    #[arg(long)]
+    pub target_ratio: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Without --follow: also write the selected samples, repeated by count, as WebDataset shards here.
+    #[arg(long)]
+    pub reshard: Option<PathBuf>,
+    /// Also serve the output over Arrow Flight at this address while curating (see `flyt serve`).
+    #[arg(long)]
+    pub serve: Option<std::net::SocketAddr>,
+    /// Flight service options (with --serve).
+    #[command(flatten)]
+    pub flight: crate::serve::FlightArgs,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl Args {
+    /// The configuration: the file's, then the flags.
+    pub fn config(&self) -> anyhow::Result<CurateConfig> {
+        let mut c = match &self.config {
+            Some(p) => CurateConfig::from_file(p)?,
+            None => CurateConfig::default(),
+        };
+        if !self.shards.is_empty() {
+            c.input.shards = self.shards.clone();
+        }
+        if let Some(o) = &self.out {
+            c.output.dir = o.clone();
+        }
+        c.follow |= self.follow;
+        if self.idle_exit.is_some() {
+            c.idle_exit_s = self.idle_exit;
+        }
+        macro_rules! set {
+            ($field:expr, $v:expr) => {
+                if let Some(v) = $v.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(c.input.arrival, self.arrival);
+        set!(c.input.poll_ms, self.poll_ms);
+        set!(c.output.publish_ms, self.publish_ms);
+        set!(c.input.embeddings, self.embeddings);
+        set!(c.embed.device, self.device);
+        set!(c.embed.batch_size, self.batch_size);
+        set!(c.sample.alpha, self.alpha);
+        set!(c.sample.seed, self.seed);
+        if self.model.is_some() {
+            c.embed.model = self.model.clone();
+        }
+        if self.methods.is_some() {
+            c.score.methods = self.methods.clone();
+        }
+        if self.flyt.is_some() {
+            c.score.flyt = self.flyt.clone();
+        }
+        if !self.downstream.is_empty() {
+            c.score.downstream = self.downstream.clone();
+        }
+        if !self.classnames.is_empty() {
+            c.score.classnames = self.classnames.clone();
+        }
+        if self.centroids.is_some() {
+            c.score.centroids = self.centroids.clone();
+        }
+        if self.mixer.is_some() {
+            c.score.mixer = self.mixer.clone();
+        }
+        if self.scores.is_some() {
+            c.input.scores = self.scores.clone();
+        }
+        if self.target.is_some() {
+            c.sample.target = self.target;
+            c.sample.target_ratio = None;
+        }
+        if self.target_ratio.is_some() {
+            c.sample.target_ratio = self.target_ratio;
+            c.sample.target = None;
+        }
+        if self.reshard.is_some() {
+            c.output.reshard = self.reshard.clone();
+        }
+        Ok(c)
+    }
+
+    /// The timely configuration: threads, and processes with their addresses.
+    pub fn timely(&self) -> anyhow::Result<timely::Config> {
+        let threads = self.workers.unwrap_or(1).max(1);
+        if self.processes <= 1 {
+            return Ok(if threads > 1 { timely::Config::process(threads) } else { timely::Config::thread() });
+        }
+        if self.process >= self.processes {
+            anyhow::bail!("-p {} is not below -n {}", self.process, self.processes);
+        }
+        let addresses: Vec<String> = match &self.hostfile {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                let a: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                if a.len() < self.processes {
+                    anyhow::bail!("{}: {} addresses for -n {}", f.display(), a.len(), self.processes);
+                }
+                a.into_iter().take(self.processes).collect()
+            }
+            None => (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+        };
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// Runs `flyt curate`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let config = a.config()?;
+    let timely = a.timely()?;
+    flyt_pipelines::install_stop_signals();
+    let out = config.output.dir.clone();
+    let reshard = config.output.reshard.clone();
+    let shard_size = config.output.shard_size;
+    let inputs = config.input.shards.clone();
+    let server = match a.serve {
+        Some(addr) if a.process == 0 => {
+            std::fs::create_dir_all(&out)?;
+            Some(flyt_pipelines::spawn_flight(out.clone(), a.flight.options(addr)?)?)
+        }
+        _ => None,
+    };
+    let summary = flyt_pipelines::curate(config, timely);
+    if let Some((stop, handle)) = server {
+        let _ = stop.send(());
+        if let Ok(Err(e)) = handle.join() {
+            eprintln!("flyt: the Flight service stopped: {}", e.report());
+        }
+    }
+    let summary = summary?;
+    if a.process != 0 {
+        return Ok(());
+    }
+    let m = &summary.manifest;
+    println!("{}", summary.line);
+    println!(
+        "subset: {} ({} uids, {} samples, max count {}) from a pool of {} uids ({} rows); {} shards committed, {} failed",
+        out.join("subset.npy").display(),
+        m["subset"]["uids"],
+        m["subset"]["samples"],
+        m["subset"]["max_count"],
+        m["pool"]["uids"],
+        m["pool"]["rows"],
+        m["shards"].as_array().map(|a| a.len()).unwrap_or(0),
+        m["failed"].as_array().map(|a| a.len()).unwrap_or(0),
+    );
+    for f in m["failed"].as_array().into_iter().flatten() {
+        println!("  failed: {}: {}", f["name"].as_str().unwrap_or(""), f["error"].as_str().unwrap_or(""));
+    }
+    println!("manifest: {}", out.join("manifest.json").display());
+    let failed = m["failed"].as_array().map(|a| a.len()).unwrap_or(0);
+    if let Some(dir) = reshard {
+        let subset = flyt::SubsetCounts::read(out.join("subset.npy"))?;
+        let tars: Vec<PathBuf> = flyt_pipelines::expand_shards(&inputs)?;
+        let report = flyt::reshard(&subset, &tars, &dir, shard_size as u64, true, |_, _| {})?;
+        println!(
+            "resharded: {} samples in {} shards under {} ({} selected uids not found in the tars)",
+            report.written_samples,
+            report.output_shards,
+            dir.display(),
+            report.not_found.len()
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} shard(s) failed (listed in {}); the subset covers the rest",
+            out.join("manifest.json").display()
+        );
+    }
+    Ok(())
+}

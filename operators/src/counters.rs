@@ -1,0 +1,119 @@
+//! The counters a curation graph's operators add to (per process, shared by its workers), and the status line
+//! made from them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::{EmbedCounters, ScsCounters};
+
+/// Counters of one process: shards given out and done, rows, rejects, the embedder's and the sampler's
+/// counters, and time per stage.
+#[derive(Debug)]
+pub struct Counters {
+    /// When the run started.
+    pub started: Instant,
+    /// Shards given out (to be read, re-scored or replayed).
+    pub given: AtomicU64,
+    /// Shards committed or replayed.
+    pub done: AtomicU64,
+    /// Of those, replayed from an earlier run.
+    pub replayed: AtomicU64,
+    /// Shards that failed.
+    pub failed: AtomicU64,
+    /// Rows (accepted samples) committed in this run.
+    pub rows: AtomicU64,
+    /// Rejects by reason, over shards committed in this run.
+    pub rejects: Mutex<BTreeMap<String, u64>>,
+    /// Embedding batches.
+    pub embed: Arc<EmbedCounters>,
+    /// The sampler.
+    pub scs: Arc<ScsCounters>,
+    /// Subset publications.
+    pub published: AtomicU64,
+    /// Microseconds spent committing shards (gathering, writing score tables, digests, records).
+    pub commit_micros: AtomicU64,
+    /// Microseconds spent reading sidecars and replaying committed shards.
+    pub read_micros: AtomicU64,
+    /// Microseconds spent publishing (subset + manifest).
+    pub publish_micros: AtomicU64,
+    /// Set when the run is over (stops the display).
+    pub finished: AtomicBool,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            started: Instant::now(),
+            given: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            rejects: Mutex::new(BTreeMap::new()),
+            embed: Default::default(),
+            scs: Default::default(),
+            published: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            read_micros: AtomicU64::new(0),
+            publish_micros: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Counters {
+    /// One status line.
+    pub fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let (given, done, failed) = (
+            self.given.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        let rows = self.rows.load(Ordering::Relaxed);
+        let rejects = self.rejects.lock().map(|r| r.clone()).unwrap_or_default();
+        let total: u64 = rejects.values().sum();
+        let top: Vec<String> = {
+            let mut v: Vec<(&String, &u64)> = rejects.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1));
+            v.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect()
+        };
+        let mut s = format!(
+            "shards {done} done, {} pending{} · {rows} samples ({:.0}/s) · rejects {total}",
+            given.saturating_sub(done + failed),
+            if failed > 0 { format!(", {failed} failed") } else { String::new() },
+            rows as f64 / secs,
+        );
+        if !top.is_empty() {
+            s.push_str(&format!(" ({})", top.join(", ")));
+        }
+        let cap = self.embed.capacity.load(Ordering::Relaxed);
+        if cap > 0 {
+            s.push_str(&format!(
+                " · batch fill {:.0}%",
+                100.0 * self.embed.rows.load(Ordering::Relaxed) as f64 / cap as f64
+            ));
+        }
+        s.push_str(&format!(
+            " · pool {} · T {}",
+            self.scs.pool.load(Ordering::Relaxed),
+            self.scs.target.load(Ordering::Relaxed)
+        ));
+        s
+    }
+
+    /// Seconds per stage so far in this process (embedding batches, sidecar reads and replays, commits, the
+    /// sampler, publication), summed over workers.
+    pub fn stage_seconds(&self) -> Vec<(&'static str, f64)> {
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        vec![
+            ("embed", s(&self.embed.micros)),
+            ("read", s(&self.read_micros)),
+            ("commit", s(&self.commit_micros)),
+            ("scs", s(&self.scs.micros)),
+            ("publish", s(&self.publish_micros)),
+        ]
+    }
+}

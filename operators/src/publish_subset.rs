@@ -1,0 +1,257 @@
+//! `PublishSubset`: on one worker, applies the sample's count changes and the shards' commit events, and —
+//! whenever its input frontier has moved (at most once per `publish_ms`, and always at the end) — writes
+//! `subset.npy` and then `manifest.json` naming exactly the shards, files and models that subset reflects.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flyt::curation::Layout;
+use flyt::{ShardStats, Uid};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::Counters;
+
+/// A committed (or replayed) shard, as the publisher sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardSummary {
+    /// Its name.
+    pub name: String,
+    /// Rows (accepted samples) in its score table.
+    pub rows: u64,
+    /// Its ingest counts.
+    pub stats: ShardStats,
+    /// Replayed from an earlier run.
+    pub replayed: bool,
+    /// How it was embedded.
+    pub via: String,
+}
+
+/// What the publisher is told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SinkEvent {
+    /// A shard committed (or replayed).
+    Committed(Box<ShardSummary>),
+    /// A committed shard was replaced and its rows retracted.
+    Retracted {
+        /// Its name.
+        name: String,
+    },
+    /// A shard could not be committed.
+    Failed {
+        /// Its name.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// An external score file was read (or refused).
+    External {
+        /// The file.
+        file: PathBuf,
+        /// Values taken from it.
+        values: u64,
+        /// The columns it provided.
+        columns: Vec<String>,
+        /// Why it was refused, if it was.
+        error: Option<String>,
+    },
+    /// A change in a uid's count in the subset.
+    Count(Uid, i64),
+    /// A change in the number of distinct uids in the pool.
+    Pool(i64),
+}
+
+/// What the manifest says besides the shards: the run's configuration and models.
+pub struct PublishOptions {
+    /// The output directory.
+    pub layout: Layout,
+    /// Least time between publications.
+    pub every: Duration,
+    /// The configuration, as JSON (written into the manifest).
+    pub config: serde_json::Value,
+    /// Model identities (written into the manifest).
+    pub models: serde_json::Value,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Whether this worker publishes (global worker 0; every event is routed there).
+    pub publisher: bool,
+    /// Kept equal to the least time not yet complete (`u64::MAX` at the end), for the source on the same worker.
+    pub done_before: Rc<Cell<u64>>,
+}
+
+#[derive(Default)]
+struct State {
+    counts: HashMap<Uid, i64>,
+    shards: BTreeMap<String, ShardSummary>,
+    failed: BTreeMap<String, String>,
+    external: BTreeMap<PathBuf, (u64, Vec<String>, Option<String>)>,
+    pool: i64,
+    version: u64,
+}
+
+/// Publishes the subset and the manifest. All events are routed to global worker 0, which writes them; every
+/// worker keeps [`PublishOptions::done_before`] for its source.
+pub trait PublishSubset {
+    /// Publishes.
+    fn publish_subset(self, options: PublishOptions);
+}
+
+impl<'scope> PublishSubset for Stream<'scope, u64, Vec<SinkEvent>> {
+    fn publish_subset(self, ctx: PublishOptions) {
+        let done_before = ctx.done_before.clone();
+        let scope = self.scope();
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &SinkEvent| 0u64),
+            "PublishSubset",
+            move |_, info| {
+                let activator = scope.activator_for(info.address);
+                let mut stash: BTreeMap<u64, Vec<SinkEvent>> = BTreeMap::new();
+                let mut state = State::default();
+                let mut dirty = true; // publish once at the start too, so OUT/subset.npy always exists
+                let mut finished = false;
+                let mut last = Instant::now() - ctx.every;
+                move |(input, frontier), _output| {
+                    input.for_each(|cap, data| {
+                        let Some(t) = cap.least().copied() else { return };
+                        stash.entry(t).or_default().append(data);
+                    });
+                    let bound = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                    let ready: Vec<u64> = stash.range(..bound).map(|(t, _)| *t).collect();
+                    for t in ready {
+                        for e in stash.remove(&t).unwrap_or_default() {
+                            apply(&mut state, e, &ctx.counters);
+                        }
+                        dirty = true;
+                    }
+                    done_before.set(bound);
+                    if !ctx.publisher {
+                        return;
+                    }
+                    let end = bound == u64::MAX;
+                    if dirty || (end && !finished) {
+                        if end || last.elapsed() >= ctx.every {
+                            let started = Instant::now();
+                            let published = publish(&ctx, &mut state, bound);
+                            ctx.counters
+                                .publish_micros
+                                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            match published {
+                                Ok(()) => {
+                                    ctx.counters.published.fetch_add(1, Ordering::Relaxed);
+                                    dirty = false;
+                                    finished = end;
+                                    last = Instant::now();
+                                }
+                                Err(e) => tracing::error!(error = %e, "could not publish the subset"),
+                            }
+                        } else {
+                            activator.activate_after(ctx.every.saturating_sub(last.elapsed()));
+                        }
+                    }
+                }
+            },
+        );
+    }
+}
+
+fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
+    match e {
+        SinkEvent::Count(uid, d) => {
+            let c = state.counts.entry(uid).or_insert(0);
+            *c += d;
+            if *c == 0 {
+                state.counts.remove(&uid);
+            }
+        }
+        SinkEvent::Pool(d) => state.pool += d,
+        SinkEvent::Committed(s) => {
+            progress.done.fetch_add(1, Ordering::Relaxed);
+            if s.replayed {
+                progress.replayed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                progress.rows.fetch_add(s.rows, Ordering::Relaxed);
+                if let Ok(mut r) = progress.rejects.lock() {
+                    for (k, v) in &s.stats.rejected_by_reason {
+                        *r.entry(k.clone()).or_default() += v;
+                    }
+                }
+            }
+            state.failed.remove(&s.name);
+            state.shards.insert(s.name.clone(), *s);
+        }
+        SinkEvent::Retracted { name } => {
+            state.shards.remove(&name);
+        }
+        SinkEvent::Failed { name, error } => {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+            state.failed.insert(name, error);
+        }
+        SinkEvent::External { file, values, columns, error } => {
+            state.external.insert(file, (values, columns, error));
+        }
+    }
+}
+
+fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Result<()> {
+    let mut counts: Vec<(Uid, i64)> = state.counts.iter().map(|(u, c)| (*u, *c)).collect();
+    counts.sort_unstable();
+    if let Some((u, c)) = counts.iter().find(|(_, c)| *c < 0) {
+        return Err(flyt::Error::Config(format!("internal: uid {u} has count {c}")));
+    }
+    let uids: Vec<Uid> = counts.iter().flat_map(|(u, c)| std::iter::repeat_n(*u, *c as usize)).collect();
+    let subset = ctx.layout.subset();
+    flyt::write_subset(&subset, &uids)?;
+    let digest = flyt::file_sha256(&subset)?;
+    state.version += 1;
+    let mut total = ShardStats::default();
+    let mut rows = 0u64;
+    for s in state.shards.values() {
+        total.add(&s.stats);
+        rows += s.rows;
+    }
+    let max_count = counts.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    let manifest = json!({
+        "version": state.version,
+        "complete": frontier == u64::MAX,
+        "frontier": if frontier == u64::MAX { serde_json::Value::Null } else { json!(frontier) },
+        "flyt_version": env!("CARGO_PKG_VERSION"),
+        "subset": {
+            "file": "subset.npy",
+            "sha256": digest,
+            "uids": counts.len(),
+            "samples": uids.len(),
+            "max_count": max_count,
+        },
+        "pool": {
+            "rows": rows,
+            "uids": state.pool,
+            "duplicate_rows": rows as i64 - state.pool,
+            "scored": ctx.counters.scs.pool.load(Ordering::Relaxed),
+            "non_finite_scores": ctx.counters.scs.non_finite.load(Ordering::Relaxed),
+        },
+        "ingest": total,
+        "shards": state.shards.values().map(|s| json!({
+            "name": s.name, "rows": s.rows, "via": s.via, "replayed": s.replayed,
+            "record": format!("shards/{}.json", s.name),
+        })).collect::<Vec<_>>(),
+        "failed": state.failed.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+        "external_scores": state.external.iter().map(|(f, (n, c, e))| json!({
+            "file": f, "values": n, "columns": c, "error": e,
+        })).collect::<Vec<_>>(),
+        "models": ctx.models,
+        "config": ctx.config,
+    });
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| flyt::Error::format(ctx.layout.manifest(), "manifest", e.to_string()))?;
+    flyt::write_atomic(&ctx.layout.manifest(), text.as_bytes())?;
+    Ok(())
+}

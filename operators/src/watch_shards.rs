@@ -1,0 +1,559 @@
+//! `WatchShards`: the curation graph's source. It lists the input directories, decides when a shard has
+//! arrived, and turns each arrival into a job — read it, re-score it, replay its committed rows, or retract a
+//! replaced version — one timestamp per shard.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flyt::Uid;
+use flyt::curation::{FileId, Layout, ShardRecord};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+use crate::{Counters, PoolRow, pool_rows};
+
+/// When a shard in a watched directory counts as arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrival {
+    /// As soon as it is visible under its final name: writers write to a temporary name (a leading `.`, or
+    /// `.tmp` / `.part` / `.incomplete` at the end) and rename it into place.
+    Rename,
+    /// Only once its img2dataset `<stem>_stats.json` or a `<stem>.done` marker exists.
+    Marker,
+}
+
+/// Where embeddings come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingSource {
+    /// DataComp sidecars (`<stem>.parquet` + `<stem>.npz`) when a shard has them, else the CLIP model.
+    Auto,
+    /// Only sidecars: a shard waits for both files; the tar is never read.
+    Sidecar,
+    /// Always embed the tar's images and captions with the CLIP model.
+    Model,
+}
+
+macro_rules! names {
+    ($t:ty, $what:literal, $($v:ident = $n:literal),+) => {
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($n => Ok(Self::$v),)+
+                    _ => Err(format!(concat!($what, " must be one of {}, got {:?}"), [$($n),+].join(", "), s)),
+                }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $(Self::$v => $n,)+ })
+            }
+        }
+    };
+}
+names!(Arrival, "arrival", Rename = "rename", Marker = "marker");
+names!(EmbeddingSource, "embeddings", Auto = "auto", Sidecar = "sidecar", Model = "model");
+
+/// How a shard's embeddings are obtained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    /// Decode the tar and embed with the CLIP model.
+    Model {
+        /// The tar.
+        tar: PathBuf,
+    },
+    /// Read only a DataComp metadata parquet (captions, sizes): for methods that need no embeddings, in batch
+    /// jobs over pools without `.npz` files.
+    Metadata {
+        /// `<stem>.parquet`.
+        parquet: PathBuf,
+    },
+    /// Read a DataComp sidecar pair (the shard's own, or embeddings this pipeline stored).
+    Sidecar {
+        /// `<stem>.parquet`.
+        parquet: PathBuf,
+        /// `<stem>.npz`.
+        npz: PathBuf,
+        /// Whether these are embeddings stored by an earlier run (a re-score).
+        stored: bool,
+    },
+}
+
+/// A unit of work, routed to a worker by its name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Job {
+    /// Read, embed, score and commit a shard.
+    Shard {
+        /// Its name.
+        name: String,
+        /// Its input files (size and mtime; digests are taken at commit).
+        inputs: Vec<FileId>,
+        /// Where embeddings come from.
+        via: Via,
+    },
+    /// Re-enter a committed shard's rows from its score table.
+    Replay {
+        /// Its name.
+        name: String,
+    },
+    /// Take back a replaced shard's rows (as they were committed).
+    Retract {
+        /// Its name.
+        name: String,
+        /// The rows.
+        rows: Vec<(Uid, PoolRow)>,
+    },
+    /// Read an external score file.
+    Scores {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl Job {
+    /// The routing key.
+    pub fn route(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            Job::Shard { name, .. } | Job::Replay { name } | Job::Retract { name, .. } => name.hash(&mut h),
+            Job::Scores { path } => path.hash(&mut h),
+        }
+        h.finish()
+    }
+}
+
+/// A shard found in the input: its name and the files it has so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unit {
+    /// The name (file name without `.tar`/`.tar.gz`/`.tgz`/`.parquet`).
+    pub name: String,
+    /// The tar.
+    pub tar: Option<PathBuf>,
+    /// `<stem>.parquet`.
+    pub parquet: Option<PathBuf>,
+    /// `<stem>.npz`.
+    pub npz: Option<PathBuf>,
+    /// A completion marker (`<stem>_stats.json`, `<stem>.done`, `<tar>.done`).
+    pub marker: bool,
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') || [".tmp", ".part", ".incomplete", ".partial"].iter().any(|s| name.ends_with(s))
+}
+
+fn tar_stem(name: &str) -> Option<&str> {
+    [".tar.gz", ".tgz", ".tar"].iter().find_map(|s| name.strip_suffix(s))
+}
+
+/// Groups a directory listing (or explicit files) into units by name.
+pub fn list_units(dirs: &[PathBuf], files: &[PathBuf]) -> BTreeMap<String, Unit> {
+    let mut units: BTreeMap<String, Unit> = BTreeMap::new();
+    let mut paths: Vec<PathBuf> = files.to_vec();
+    for d in dirs {
+        match std::fs::read_dir(d) {
+            Ok(rd) => paths.extend(rd.flatten().map(|e| e.path())),
+            Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot list the shard directory"),
+        }
+    }
+    for p in paths {
+        let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if is_temporary(&name) {
+            continue;
+        }
+        let (stem, slot) = if let Some(s) = tar_stem(&name) {
+            (s.to_string(), 0)
+        } else if let Some(s) = name.strip_suffix(".parquet") {
+            (s.to_string(), 1)
+        } else if let Some(s) = name.strip_suffix(".npz") {
+            (s.to_string(), 2)
+        } else if let Some(s) = name.strip_suffix("_stats.json") {
+            (s.to_string(), 3)
+        } else if let Some(s) = name.strip_suffix(".done") {
+            (tar_stem(s).unwrap_or(s).to_string(), 3)
+        } else {
+            continue;
+        };
+        let u = units.entry(stem.clone()).or_insert_with(|| Unit { name: stem, ..Default::default() });
+        match slot {
+            0 => u.tar = Some(p),
+            1 => u.parquet = Some(p),
+            2 => u.npz = Some(p),
+            _ => u.marker = true,
+        }
+    }
+    units
+}
+
+/// What a committed shard's rows depend on, to decide whether they still hold: the input rules, the embeddings'
+/// origin, and the scoring methods with the identity of their inputs.
+#[derive(Clone, Debug)]
+pub struct Identities {
+    /// `[input] embeddings`.
+    pub embeddings: EmbeddingSource,
+    /// `[input] arrival`.
+    pub arrival: Arrival,
+    /// The CLIP model's identity (`clip:<sha256>`), if a model is configured.
+    pub clip: Option<String>,
+    /// The sidecar prefix asked for (None: found in each file).
+    pub prefix: Option<String>,
+    /// The score columns, in the pipeline's order.
+    pub columns: Vec<String>,
+    /// Per scoring method with inputs, their identity (`flyt`: the head's digest; `neg_clip_loss`: its
+    /// parameters; `norm_sim`, `image_based`, `text_based`: digests of their files).
+    pub methods: BTreeMap<String, String>,
+}
+
+impl Identities {
+    /// The `clip` identity a shard read this way has.
+    pub fn clip_identity(&self, via: &Via) -> String {
+        match via {
+            Via::Model { .. } | Via::Sidecar { stored: true, .. } => self.clip.clone().unwrap_or_default(),
+            Via::Sidecar { stored: false, .. } | Via::Metadata { .. } => {
+                format!("sidecar:{}", self.prefix.as_deref().unwrap_or("auto"))
+            }
+        }
+    }
+
+    /// What a commit record's `models` holds for a shard read this way: `clip` and the methods' identities.
+    pub fn record_models(&self, via: &Via) -> BTreeMap<String, String> {
+        let mut m = self.methods.clone();
+        m.insert("clip".into(), self.clip_identity(via));
+        m
+    }
+
+    /// Whether a committed shard's columns were computed by the methods configured now.
+    pub fn same_scoring(&self, record: &ShardRecord) -> bool {
+        let theirs: BTreeMap<&String, &String> = record.models.iter().filter(|(k, _)| *k != "clip").collect();
+        let ours: BTreeMap<&String, &String> = self.methods.iter().collect();
+        record.columns == self.columns && theirs == ours
+    }
+}
+
+/// What to do with a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not arrived yet.
+    Wait,
+    /// Its committed rows hold: replay them.
+    Replay,
+    /// Read it (fresh, or re-score from stored embeddings).
+    Run(Via, Vec<FileId>),
+}
+
+/// Decides what to do with a unit given its commit record, if any.
+pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities) -> Decision {
+    let sidecars = unit.parquet.clone().zip(unit.npz.clone());
+    if models.arrival == Arrival::Marker && !unit.marker {
+        return Decision::Wait;
+    }
+    let via = match (models.embeddings, &unit.tar, &sidecars) {
+        (EmbeddingSource::Model, Some(tar), _) => Via::Model { tar: tar.clone() },
+        (EmbeddingSource::Model, None, _) => return Decision::Wait,
+        (_, _, Some((parquet, npz))) => Via::Sidecar { parquet: parquet.clone(), npz: npz.clone(), stored: false },
+        (EmbeddingSource::Sidecar, _, None) => return Decision::Wait,
+        (EmbeddingSource::Auto, Some(tar), None) => Via::Model { tar: tar.clone() },
+        (EmbeddingSource::Auto, None, None) => return Decision::Wait,
+    };
+    let files: Vec<PathBuf> = match &via {
+        Via::Model { tar } => vec![tar.clone()],
+        Via::Sidecar { parquet, npz, .. } => vec![parquet.clone(), npz.clone()],
+        Via::Metadata { parquet } => vec![parquet.clone()],
+    };
+    let Ok(inputs) = files.iter().map(|f| FileId::stat(f)).collect::<std::io::Result<Vec<_>>>() else {
+        return Decision::Wait;
+    };
+    let Some(rec) = record else { return Decision::Run(via, inputs) };
+    let same_inputs = rec.inputs.len() == inputs.len()
+        && rec.inputs.iter().zip(&inputs).all(|(a, b)| {
+            a.path == b.path
+                && ((a.size == b.size && a.mtime_ns == b.mtime_ns)
+                    || flyt::file_sha256(&b.path).is_ok_and(|d| d == a.sha256))
+        });
+    let clip_ok = rec.models.get("clip").map(|s| s.as_str()) == Some(models.clip_identity(&via).as_str());
+    if !same_inputs || !clip_ok {
+        return Decision::Run(via, inputs);
+    }
+    if models.same_scoring(rec) {
+        return Decision::Replay;
+    }
+    // Only the scoring changed (a method, a FLYT head, a method's inputs): re-score from the embeddings at hand.
+    match (&via, &rec.embeddings) {
+        (Via::Sidecar { .. } | Via::Metadata { .. }, _) => Decision::Run(via, inputs),
+        (Via::Model { .. }, Some((parquet, npz))) if parquet.exists() && npz.exists() => {
+            Decision::Run(Via::Sidecar { parquet: parquet.clone(), npz: npz.clone(), stored: true }, inputs)
+        }
+        _ => Decision::Run(via, inputs),
+    }
+}
+
+/// Lists the external score files of a directory (`*.parquet`, not temporary), in name order.
+pub fn list_score_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "parquet")
+                        && p.file_name().is_some_and(|n| !is_temporary(&n.to_string_lossy()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The source's memory between scans.
+pub struct Watcher {
+    /// Directories to list.
+    pub dirs: Vec<PathBuf>,
+    /// Explicit files.
+    pub files: Vec<PathBuf>,
+    /// The external score directory.
+    pub scores: Option<PathBuf>,
+    /// Models and input rules.
+    pub models: Identities,
+    /// The output layout (for commit records).
+    pub layout: Layout,
+    /// Units already given out: their inputs as they were then, and the time they were given at.
+    given: HashMap<String, (Vec<FileId>, u64)>,
+    /// Score files already given out.
+    given_scores: HashMap<PathBuf, FileId>,
+}
+
+impl Watcher {
+    /// A watcher over `shards` (directories are listed, files taken as they are) and an optional directory of
+    /// external score files, committing into `layout`.
+    pub fn new(shards: &[PathBuf], scores: Option<PathBuf>, models: Identities, layout: Layout) -> Self {
+        Watcher {
+            dirs: shards.iter().filter(|p| p.is_dir()).cloned().collect(),
+            files: shards.iter().filter(|p| !p.is_dir()).cloned().collect(),
+            scores,
+            models,
+            layout,
+            given: HashMap::new(),
+            given_scores: HashMap::new(),
+        }
+    }
+
+    /// One scan: the jobs that are due now. `committed_before` is the time below which every job is done.
+    /// `first` marks the scan at start-up, when committed shards are replayed.
+    pub fn scan(&mut self, first: bool, committed_before: u64) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let records = if first { self.layout.records() } else { BTreeMap::new() };
+        let units = list_units(&self.dirs, &self.files);
+        // Shards whose files are all gone leave the pool (once their job is done).
+        let gone: Vec<(String, u64)> =
+            self.given.iter().filter(|(n, _)| !units.contains_key(*n)).map(|(n, (_, at))| (n.clone(), *at)).collect();
+        for (name, at) in gone {
+            if at >= committed_before {
+                continue;
+            }
+            self.given.remove(&name);
+            if let Some(r) = self.layout.record_of(&name) {
+                match self.layout.replay(&r, &self.models.columns) {
+                    Ok(s) => {
+                        tracing::info!(shard = %name, "deleted from the input; its rows leave the pool");
+                        jobs.push(Job::Retract { name, rows: pool_rows(&s) });
+                    }
+                    Err(e) => tracing::warn!(shard = %name, error = %e, "cannot read the deleted shard's rows"),
+                }
+            }
+        }
+        for (name, unit) in units {
+            match self.given.get(&name) {
+                None => {
+                    let rec = if first { records.get(&name).cloned() } else { self.layout.record_of(&name) };
+                    match decide(&unit, rec.as_ref(), &self.models) {
+                        Decision::Wait => {}
+                        Decision::Replay => {
+                            let inputs = rec.map(|r| r.inputs).unwrap_or_default();
+                            self.given.insert(name.clone(), (inputs, 0));
+                            jobs.push(Job::Replay { name });
+                        }
+                        Decision::Run(via, inputs) => {
+                            self.given.insert(name.clone(), (inputs.clone(), u64::MAX));
+                            jobs.push(Job::Shard { name, inputs, via });
+                        }
+                    }
+                }
+                Some((inputs, at)) => {
+                    if inputs.iter().all(|f| f.unchanged()) || *at >= committed_before {
+                        continue; // unchanged, or its job is still running (look again next scan)
+                    }
+                    // Changed after it was given out: a re-delivery (same bytes: nothing to do) or a replacement.
+                    let rec = self.layout.record_of(&name);
+                    let same = rec.as_ref().is_some_and(|r| {
+                        r.inputs.iter().all(|f| flyt::file_sha256(&f.path).is_ok_and(|d| d == f.sha256))
+                    });
+                    let now: Vec<FileId> = inputs.iter().filter_map(|f| FileId::stat(&f.path).ok()).collect();
+                    if same {
+                        tracing::info!(shard = %name, "re-delivered with the same bytes; nothing changes");
+                        self.given.insert(name, (now, *at));
+                        continue;
+                    }
+                    match decide(&unit, None, &self.models) {
+                        Decision::Run(via, inputs) => {
+                            if let Some(r) = rec {
+                                match self.layout.replay(&r, &self.models.columns) {
+                                    Ok(s) => jobs.push(Job::Retract { name: name.clone(), rows: pool_rows(&s) }),
+                                    Err(e) => {
+                                        tracing::warn!(shard = %name, error = %e, "cannot read the replaced shard's rows")
+                                    }
+                                }
+                            }
+                            tracing::info!(shard = %name, "replaced with different bytes; reading it again");
+                            self.given.insert(name.clone(), (inputs.clone(), u64::MAX));
+                            jobs.push(Job::Shard { name, inputs, via });
+                        }
+                        _ => {
+                            self.given.insert(name, (now, *at));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.scores {
+            for path in list_score_files(dir) {
+                match (self.given_scores.get(&path), FileId::stat(&path)) {
+                    (None, Ok(id)) => {
+                        self.given_scores.insert(path.clone(), id);
+                        jobs.push(Job::Scores { path });
+                    }
+                    (Some(old), Ok(id)) if old.size != id.size || old.mtime_ns != id.mtime_ns => {
+                        tracing::warn!(file = %path.display(), "score file changed after it was read; the change is ignored (score files are immutable: write a new file)");
+                        self.given_scores.insert(path, id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Records the time a job was given at (after [`Watcher::scan`]).
+    pub fn given_at(&mut self, name: &str, time: u64) {
+        if let Some(e) = self.given.get_mut(name) {
+            e.1 = time;
+        }
+    }
+}
+
+/// How the source runs: its watcher, whether it follows the inputs, and when it stops.
+pub struct WatchOptions {
+    /// What to watch and how to decide.
+    pub watcher: Watcher,
+    /// Keep listing the inputs (else one scan, then the source closes).
+    pub follow: bool,
+    /// How often to list while following.
+    pub poll: Duration,
+    /// While following: close once nothing new arrived for this long and every job is done.
+    pub idle_exit: Option<Duration>,
+    /// Set (by a signal handler) to stop following: the source closes and the graph drains.
+    pub stop: &'static AtomicBool,
+    /// Counters (`given`: jobs handed out).
+    pub counters: Arc<Counters>,
+    /// The least time not yet complete, kept by the graph's publisher on the same worker (a job whose time is
+    /// below it is done).
+    pub done_before: Rc<Cell<u64>>,
+}
+
+/// The shard source: on global worker 0, scans the inputs ([`Watcher::scan`]) and emits each job at its own
+/// timestamp (replays share timestamp 0; a retraction shares the time of the job that replaces it), then
+/// downgrades its capability past them; other workers emit nothing. The jobs still have to be exchanged to
+/// their workers ([`Job::route`]).
+///
+/// ```
+/// use flyt::curation::Layout;
+/// use flyt_operators::{Arrival, EmbeddingSource, Identities, Job, WatchOptions, WatchShards, Watcher};
+/// use std::sync::{Arc, Mutex};
+/// use timely::dataflow::operators::Inspect;
+///
+/// static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// let dir = tempfile::tempdir().unwrap();
+/// flyt::synth::SynthPool { shards: 2, samples_per_shard: 3, ..Default::default() }.write(dir.path()).unwrap();
+/// let ids = Identities {
+///     embeddings: EmbeddingSource::Model, arrival: Arrival::Rename, clip: Some("clip:x".into()), prefix: None,
+///     columns: vec!["clip_score".into()], methods: Default::default(),
+/// };
+/// let out = tempfile::tempdir().unwrap();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let sink = seen.clone();
+/// let shards = vec![dir.path().to_path_buf()];
+/// timely::example(move |scope| {
+///     let opts = WatchOptions {
+///         watcher: Watcher::new(&shards, None, ids, Layout::new(out.path())),
+///         follow: false, poll: std::time::Duration::from_millis(10), idle_exit: None, stop: &STOP,
+///         counters: Default::default(), done_before: Default::default(),
+///     };
+///     scope.watch_shards(opts).inspect(move |j| {
+///         if let Job::Shard { name, .. } = j { sink.lock().unwrap().push(name.clone()) }
+///     });
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort();
+/// assert_eq!(seen, vec!["00000000".to_string(), "00000001".to_string()]);
+/// ```
+pub trait WatchShards<'scope> {
+    /// The jobs.
+    fn watch_shards(self, options: WatchOptions) -> Stream<'scope, u64, Vec<Job>>;
+}
+
+impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
+    fn watch_shards(self, options: WatchOptions) -> Stream<'scope, u64, Vec<Job>> {
+        let WatchOptions { mut watcher, follow, poll, idle_exit, stop, counters, done_before } = options;
+        let index = self.index();
+        let scope = self;
+        source::<u64, CapacityContainerBuilder<Vec<Job>>, _, _>(self, "WatchShards", move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = (index == 0).then_some(cap);
+            let mut next = 1u64;
+            let mut first = true;
+            let mut last_new = Instant::now();
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                let jobs = watcher.scan(first, done_before.get());
+                if !jobs.is_empty() {
+                    last_new = Instant::now();
+                }
+                for job in jobs {
+                    let t = match &job {
+                        Job::Replay { .. } => 0,
+                        Job::Retract { .. } => next, // with the replacing shard's job, which follows
+                        Job::Shard { name, .. } => {
+                            watcher.given_at(name, next);
+                            next += 1;
+                            next - 1
+                        }
+                        Job::Scores { .. } => {
+                            next += 1;
+                            next - 1
+                        }
+                    };
+                    if !matches!(job, Job::Scores { .. } | Job::Retract { .. }) {
+                        counters.given.fetch_add(1, Ordering::Relaxed);
+                    }
+                    output.session(&c.delayed(&t)).give(job);
+                }
+                first = false;
+                c.downgrade(&next);
+                let idle = idle_exit.is_some_and(|d| last_new.elapsed() >= d && done_before.get() >= next);
+                if !follow || stop.load(Ordering::Relaxed) || idle {
+                    cap = None;
+                } else {
+                    activator.activate_after(poll);
+                }
+            }
+        })
+    }
+}
