@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use flyt::DeviceSpec;
-use flyt::train::ModelKind;
+use flyt::train::{FlytConfig, ModelKind};
 use flyt_pipelines::{ReferenceMode, ScoreConfig, TrainConfig, score, train};
 
 /// Which scoring model.
@@ -167,17 +167,20 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         columns: a.columns,
         out: a.out,
         resume: a.resume,
-        steps: a.steps,
-        batch: a.batch,
-        down_batch: a.down_batch,
-        ref_lr: a.ref_lr,
-        score_lr: a.score_lr,
-        warmup: a.warmup,
+        training: FlytConfig {
+            steps: a.steps,
+            batch: a.batch,
+            down_batch: a.down_batch,
+            ref_lr: a.ref_lr,
+            score_lr: a.score_lr,
+            warmup: a.warmup,
+            seed: a.seed,
+            ..FlytConfig::default()
+        },
         ref_dim: a.ref_dim,
         cos_sim_init: a.cos_sim_init,
         checkpoint_every: a.checkpoint_every,
         stop_after: a.stop_after,
-        seed: a.seed,
         device: a.device,
     })?;
     for n in &r.notes {

@@ -30,7 +30,7 @@ use anyhow::{Context, bail};
 use flyt::clip::preprocess::preprocess;
 use flyt::clip::{Clip, ClipConfig, ClipTokenizer};
 use flyt::rng::SplitMix64;
-use flyt::train::ModelKind;
+use flyt::train::{FlytConfig, ModelKind};
 use flyt::{DeviceSpec, Ingest, ReaderConfig, Record, Uid};
 use flyt_pipelines::{
     ClustersConfig, CurateConfig, DownstreamConfig, Method, NegClipLossParams, TrainConfig, clusters, curate,
@@ -157,17 +157,9 @@ fn lookahead(
     ref_lr: f64,
     score_lr: f64,
 ) -> TrainConfig {
-    TrainConfig {
-        kind,
-        steps,
-        batch,
-        down_batch,
-        ref_lr,
-        score_lr,
-        warmup: (steps / 10).max(1),
-        checkpoint_every: steps,
-        ..TrainConfig::default()
-    }
+    let training =
+        FlytConfig { steps, batch, down_batch, ref_lr, score_lr, warmup: (steps / 10).max(1), ..FlytConfig::default() };
+    TrainConfig { kind, training, checkpoint_every: steps, ..TrainConfig::default() }
 }
 
 fn digest_of(v: &serde_json::Value) -> String {

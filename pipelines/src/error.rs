@@ -76,7 +76,7 @@ pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Adds what was being done to an error.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     /// `what` (computed only on error) becomes the error's context.
     fn context_with(self, what: impl FnOnce() -> String) -> Result<T>;
 }

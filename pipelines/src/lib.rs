@@ -37,7 +37,8 @@ pub use curate::{
     Arrival, CurateConfig, Embed, EmbeddingSource, Input, Output, STOP, Sample, Score, Summary, install_stop_signals,
     run as curate,
 };
-pub use error::{Context, Error, Result, report};
+pub(crate) use error::Context;
+pub use error::{Error, Result, report};
 pub use flight::{FlightOptions, serve, serve_until_stopped, spawn as spawn_flight};
 pub use jobs::{
     Arch, ClustersConfig, ClustersReport, DownstreamConfig, DownstreamReport, Dtype, EmbedBenchConfig,
@@ -47,5 +48,5 @@ pub use jobs::{
     sample, score, scores, train,
 };
 pub use methods::{Method, NegClipLossParams};
-pub use plot::{Series, font_ready, line_chart};
+pub use plot::font_ready;
 pub use shards::{expand_shards, is_shard_name, progress as progress_bar};

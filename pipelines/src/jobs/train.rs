@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use flyt::clip::l2_normalize;
 use flyt::train::{
-    AdamW, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Inner, Mixer, ModelKind, ParamAdamW,
-    ReferenceState, ScoringModel, StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
+    DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Mixer, ModelKind, ParamAdamW, ReferenceState,
+    ScoringModel, StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
 };
 use flyt::{DeviceSpec, PoolEmbeddings, Uid};
 use serde_json::json;
@@ -67,18 +67,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Continue from `out/checkpoint.safetensors`.
     pub resume: bool,
-    /// Iterations.
-    pub steps: usize,
-    /// Upstream batch size.
-    pub batch: usize,
-    /// Downstream batch size per task.
-    pub down_batch: usize,
-    /// Reference learning rate.
-    pub ref_lr: f64,
-    /// Scoring learning rate.
-    pub score_lr: f64,
-    /// Warmup steps.
-    pub warmup: usize,
+    /// The loop's settings: steps, batch sizes, learning rates, warmup, the optimiser, the seed.
+    pub training: FlytConfig,
     /// Embedding mode: the reference projection width (default: the embedding width).
     pub ref_dim: Option<i64>,
     /// FLYT: start the head at s ≈ cos(u, t) (notes §2.1).
@@ -87,15 +77,12 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Stop (with a checkpoint) after this many steps of this invocation.
     pub stop_after: Option<usize>,
-    /// The seed.
-    pub seed: u64,
     /// Where the models run.
     pub device: DeviceSpec,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        let f = FlytConfig::default();
         TrainConfig {
             kind: ModelKind::Flyt,
             reference: ReferenceMode::Embedding,
@@ -112,17 +99,11 @@ impl Default for TrainConfig {
             columns: Vec::new(),
             out: PathBuf::new(),
             resume: false,
-            steps: f.steps,
-            batch: f.batch,
-            down_batch: f.down_batch,
-            ref_lr: f.ref_lr,
-            score_lr: f.score_lr,
-            warmup: f.warmup,
+            training: FlytConfig::default(),
             ref_dim: None,
             cos_sim_init: false,
             checkpoint_every: 500,
             stop_after: None,
-            seed: 0,
             device: DeviceSpec::Auto,
         }
     }
@@ -218,27 +199,13 @@ fn scoring_model(c: &TrainConfig, features: &Tensor, dim: usize, vs: &tch::nn::V
             Model::Mix(m)
         }
         ModelKind::Flyt => {
-            tch::manual_seed(c.seed as i64);
+            tch::manual_seed(c.training.seed as i64);
             let mut h = GluHead::new(&vs.root(), dim as i64);
             if c.cos_sim_init {
                 h.cos_sim_init(0.01);
             }
             Model::Glu(h)
         }
-    }
-}
-
-fn flyt_config(c: &TrainConfig) -> FlytConfig {
-    FlytConfig {
-        steps: c.steps,
-        batch: c.batch,
-        down_batch: c.down_batch,
-        ref_lr: c.ref_lr,
-        score_lr: c.score_lr,
-        warmup: c.warmup,
-        adam: AdamW::default(),
-        inner: Inner::AdamW,
-        seed: c.seed,
     }
 }
 
@@ -273,8 +240,8 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     };
     let model = scoring_model(c, &features, dim, &vs);
     let scorer = model.scorer();
-    let config = flyt_config(c);
-    tch::manual_seed(c.seed as i64 ^ 0x5eed);
+    let config = c.training.clone();
+    tch::manual_seed(c.training.seed as i64 ^ 0x5eed);
     let ref_dim = c.ref_dim.unwrap_or(dim as i64);
     let mut state = FlytState {
         reference: EmbeddingReference::new(dim as i64, ref_dim, 0.0, config.adam, Kind::Float, dev),
@@ -480,7 +447,7 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     let vs = tch::nn::VarStore::new(dev);
     let model = scoring_model(c, &features, dim, &vs);
     let scorer = model.scorer();
-    let fc = flyt_config(c);
+    let fc = c.training.clone();
     let weights = model_dir.join("model.safetensors");
     let mut reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
     reference.set_chunk(c.chunk);
