@@ -5,9 +5,10 @@
 //! `cargo bench --bench flyt_step -- [BATCH] [DOWN_BATCH] [CLASSES] [DIM] [cpu|cuda]`
 //!   embedding reference mode (trainable projections over frozen embeddings); default 4096 / 3072 / 1000
 //!   classes / 512-d (the paper's batch sizes, ImageNet's classes, B/32's width).
-//! `cargo bench --bench flyt_step -- full [BATCH] [DOWN_BATCH] [CLASSES] [tiny|b32] [cpu|cuda] [CHUNK]`
+//! `cargo bench --bench flyt_step -- full [BATCH] [DOWN_BATCH] [CLASSES] [tiny|b32] [cpu|cuda] [CHUNK|-] [amp]`
 //!   full reference mode (the CLIP towers; JVP by double backward); default 32 / 24 / 10 / tiny on CPU;
-//!   CHUNK runs the towers that many examples at a time (gradient caching) in both steps.
+//!   CHUNK runs the towers that many examples at a time (gradient caching) in both steps; `amp` also times the
+//!   FLYT step under fp16 autocast with loss scaling (`--amp`) against the f32 one, in the same run.
 //! Under `cargo test` each mode runs once at a tiny size as a smoke test.
 
 use std::time::Instant;
@@ -105,6 +106,24 @@ fn full_mode(bench: bool, args: &[String]) {
     }
     let (p, f) = (median(&mut plain), median(&mut flyt));
     println!("plain CLIP step {:.1} ms, FLYT step {:.1} ms: FLYT / plain = {:.2}×", p * 1e3, f * 1e3, f / p);
+    if args.get(6).is_some_and(|a| a == "amp") {
+        reference.set_amp(Some(flyt::train::LossScaler::new(1024.0)));
+        let mut amp = Vec::new();
+        for _ in 0..=reps {
+            sync();
+            let t = Instant::now();
+            let look = reference.lookahead(&s, &pixels, &text, &tasks, Inner::AdamW, 5e-5).expect("lookahead");
+            let skipped = look.overflow;
+            reference.apply(look, 5e-5);
+            sync();
+            amp.push(t.elapsed().as_secs_f64());
+            if skipped {
+                println!("(an amp step overflowed and was skipped)");
+            }
+        }
+        let a = median(&mut amp);
+        println!("FLYT step under amp {:.1} ms: amp / f32 = {:.2}×", a * 1e3, a / f);
+    }
 }
 
 fn embedding_mode(bench: bool, args: &[String]) {

@@ -43,3 +43,8 @@ for spec in "256 192 100 -" "1024 768 1000 -" "1024 768 1000 256" "4096 3072 100
   kill $smi 2>/dev/null; wait $smi 2>/dev/null
   echo "peak GPU memory (batch $1, chunk ${chunk:-none}): $(sort -n "$OUT/mem.txt" | tail -1) MiB"
 done
+echo "== FLYT step under --amp (fp16 autocast + loss scaling) against f32, full mode, random ViT-B/32"
+for spec in "1024 768 1000 256" "4096 3072 1000 512"; do
+  set -- $spec
+  FLYT_BIN=flyt_step timeout 300 $B/run.sh --bench full "$1" "$2" "$3" b32 cuda "$4" amp || echo "(amp, batch $1 failed: see above)"
+done

@@ -40,9 +40,9 @@ mod uid;
 mod webdataset;
 
 pub use datacomp::{
-    MetadataRow, MetadataTable, NpyArray, NpyData, Pool, PoolEmbeddings, SubsetCounts, npy_bytes, parse_npy,
-    pick_prefix, read_metadata, read_npz, read_npz_matrix, read_pool, read_subset, write_metadata, write_npz,
-    write_subset,
+    DATACOMP_TASKS, MetadataRow, MetadataTable, NpyArray, NpyData, Pool, PoolEmbeddings, SubsetCounts,
+    datacomp_task_files, npy_bytes, parse_npy, pick_prefix, read_metadata, read_npz, read_npz_matrix, read_pool,
+    read_subset, write_metadata, write_npz, write_subset,
 };
 pub use datacomp::{
     RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,

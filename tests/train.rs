@@ -402,11 +402,13 @@ fn full_mode_training_runs_and_resumes_bit_identically() {
     tch::manual_seed(5);
     let pool = FullPool {
         images: images(20),
+        sources: None,
         ids: token_ids(20),
         features: Tensor::randn([20, 16], (Kind::Float, Device::Cpu)),
     };
     let tasks = vec![FullTask {
         images: images(9),
+        sources: None,
         labels: (0..9).map(|i| i % 3).collect(),
         prompts: Tensor::stack(&[token_ids(3), token_ids(3)], 1),
         captions: None,
@@ -493,4 +495,413 @@ fn chunked_plain_clip_step_equals_the_unchunked_one() {
         let d = (t - &pb[name]).abs().max().double_value(&[]);
         assert!(d < 1e-12, "{name} differs by {d}");
     }
+}
+
+/// A small f64 FLYT setup: a planted pool (in f64), a head and a reference from `seed`.
+fn f64_run(seed: i64) -> (Planted, tch::nn::VarStore, flyt::train::GluHead, flyt::train::FlytState) {
+    use flyt::train::{FlytState, GluHead, ParamAdamW, ScoringModel};
+    let mut x = planted(21, 1);
+    let d = |t: &Tensor| t.to_kind(Kind::Double);
+    x.pool =
+        flyt::train::UpstreamPool { image: d(&x.pool.image), text: d(&x.pool.text), features: d(&x.pool.features) };
+    x.task.image = d(&x.task.image);
+    x.task.prompts = d(&x.task.prompts);
+    tch::manual_seed(seed);
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = GluHead::new(&vs.root(), x.din);
+    vs.double();
+    let cfg = toy_config(4);
+    let state = FlytState {
+        reference: EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Double, Device::Cpu),
+        score_opt: ParamAdamW::new(cfg.adam, &head.named_parameters()),
+        step: 0,
+    };
+    (x, vs, head, state)
+}
+
+fn read_trace(path: &std::path::Path) -> std::collections::BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+#[test]
+fn a_traced_step_holds_the_checked_hypergradient_and_a_replay_reproduces_it_bit_for_bit() {
+    let _turn = torch_turn();
+    use flyt::train::{BatchPlan, TraceSpec, train_flyt};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let traced = dir.path().join("a");
+    let (x, _vs, head, mut state) = f64_run(3);
+    let trace = TraceSpec { dir: traced.clone(), steps: [0, 1, 2, 3].into() };
+    let cfg = flyt::train::FlytConfig { trace: Some(Arc::new(trace)), ..toy_config(4) };
+    let tasks = std::slice::from_ref(&x.task);
+    train_flyt(&head, &mut state, &x.pool, tasks, &cfg, |_| Ok(true)).unwrap();
+
+    // step 0 from its trace: the batch, the scores, G and ∂J/∂s
+    let t0 = read_trace(&traced.join("step000000.safetensors"));
+    for name in [
+        "scores",
+        "weights",
+        "up_loss",
+        "G",
+        "dJ_ds",
+        "d_rho",
+        "g.w_img",
+        "g.logit_scale",
+        "theta_next.w_txt",
+        "v.w_img",
+        "down_loss.0",
+        "head_grad.w1.weight",
+        "theta.w_img",
+        "m.w_img",
+        "adam_v.w_txt",
+        "t",
+        "rho",
+        "phi.w2.bias",
+        "batch.upstream",
+        "batch.task0.rows",
+        "batch.task0.templates",
+    ] {
+        assert!(t0.contains_key(name), "the trace has no {name}: {:?}", t0.keys().collect::<Vec<_>>());
+    }
+    assert_eq!(t0["G"].kind(), Kind::Double);
+    assert_eq!(t0["t"].int64_value(&[]), 1);
+    let rows = &t0["batch.upstream"];
+    let (img, txt) = (x.pool.image.index_select(0, rows), x.pool.text.index_select(0, rows));
+    let tr = &t0["batch.task0.rows"];
+    let classes = Tensor::arange(x.task.prompts.size()[0], (Kind::Int64, Device::Cpu));
+    let down = vec![DownstreamBatch {
+        image: x.task.image.index_select(0, tr),
+        labels: x.task.labels.index_select(0, tr),
+        prompts: x.task.prompts.index(&[Some(classes), Some(t0["batch.task0.templates"].shallow_clone())]),
+        captions: None,
+    }];
+    // the reference as it was before step 0 (same seed, same draws)
+    let (_, _vs0, _, fresh) = f64_run(3);
+    let s = &t0["scores"];
+    let lr = flyt::train::cosine_lr(cfg.ref_lr, 0, cfg.warmup, cfg.steps);
+    let look = |s: &Tensor| fresh.reference.lookahead(s, &img, &txt, &down, Inner::AdamW, lr).unwrap();
+    let again = look(s);
+    assert_eq!((&again.g_w - &t0["G"]).abs().max().double_value(&[]), 0.0, "traced G is not the lookahead's");
+    assert_eq!(again.down_loss, t0["down_loss.0"].double_value(&[]));
+    // ∂J/∂s against central differences of L_down(θ′(softmax(s)))
+    let n = s.size()[0];
+    let h = 1e-6;
+    let (mut worst, mut scale) = (0f64, 0f64);
+    for k in 0..n {
+        let e = Tensor::zeros([n], OPTS).index_fill(0, &Tensor::from_slice(&[k]), h);
+        let fd = (look(&(s + &e)).down_loss - look(&(s - &e)).down_loss) / (2.0 * h);
+        worst = worst.max((fd - t0["dJ_ds"].double_value(&[k])).abs());
+        scale = scale.max(fd.abs());
+    }
+    assert!(scale > 1e-7, "vacuous: ∂J/∂s scale {scale}");
+    assert!(worst < 1e-6 * scale.max(1.0), "traced ∂J/∂s vs finite differences: {worst} (scale {scale})");
+    // ∂J/∂s = w ⊙ (G − ⟨w, G⟩)
+    let w = &t0["weights"];
+    let want = w * (&t0["G"] - (w * &t0["G"]).sum(Kind::Double));
+    assert!((want - &t0["dJ_ds"]).abs().max().double_value(&[]) < 1e-15);
+
+    // a replay from the trace's batches, with another seed (whose own draws would differ), traces the same bytes
+    let plan = BatchPlan::read(&traced).unwrap();
+    assert_eq!(plan.steps.len(), 4);
+    let replayed = dir.path().join("b");
+    let (x2, _vs2, head2, mut state2) = f64_run(3);
+    let cfg2 = flyt::train::FlytConfig {
+        seed: 999,
+        batches: Some(Arc::new(plan.clone())),
+        trace: Some(Arc::new(TraceSpec { dir: replayed.clone(), steps: [0, 1, 2, 3].into() })),
+        ..toy_config(4)
+    };
+    train_flyt(&head2, &mut state2, &x2.pool, std::slice::from_ref(&x2.task), &cfg2, |_| Ok(true)).unwrap();
+    for step in 0..4 {
+        let f = format!("step{step:06}.safetensors");
+        let (a, b) = (read_trace(&traced.join(&f)), read_trace(&replayed.join(&f)));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, ta) in &a {
+            assert!(ta.equal(&b[k]), "step {step}: {k} differs in the replay");
+        }
+    }
+    // a plan file round-trips; a plan whose rows fall outside the pool is refused naming the step
+    let file = dir.path().join("plan.safetensors");
+    plan.write(&file).unwrap();
+    assert_eq!(BatchPlan::read(&file).unwrap(), plan);
+    let mut bad = plan.clone();
+    bad.steps[2].upstream[0] = x.pool.image.size()[0];
+    let (x3, _vs3, head3, mut state3) = f64_run(3);
+    let cfg3 = flyt::train::FlytConfig { batches: Some(Arc::new(bad)), ..toy_config(4) };
+    let e = train_flyt(&head3, &mut state3, &x3.pool, std::slice::from_ref(&x3.task), &cfg3, |_| Ok(true))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step 2") && e.contains("upstream rows"), "{e}");
+    assert_eq!(state3.step, 2, "the steps before the bad one ran");
+    let short = flyt::train::FlytConfig {
+        batches: Some(Arc::new(BatchPlan { steps: plan.steps[..1].to_vec() })),
+        ..toy_config(4)
+    };
+    let (x4, _vs4, head4, mut state4) = f64_run(3);
+    let e = train_flyt(&head4, &mut state4, &x4.pool, std::slice::from_ref(&x4.task), &short, |_| Ok(true))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 steps") && e.contains("step 1"), "{e}");
+}
+
+/// Two references from the same draws, the second combining tasks as the official code does.
+fn mean_and_official(seed: i64, tasks: usize) -> (Setup, EmbeddingReference) {
+    use flyt::train::Multitask;
+    let mut x = setup(seed);
+    x.tasks.truncate(tasks);
+    tch::manual_seed(seed);
+    let mut official = EmbeddingReference::new(6, 5, 0.3, AdamW::default(), Kind::Double, Device::Cpu);
+    official.settings.multitask = Multitask::Official;
+    assert!(official.params[0].equal(&x.reference.params[0]));
+    (x, official)
+}
+
+#[test]
+fn official_multitask_with_one_task_equals_the_mean_but_for_the_step_counter() {
+    let _turn = torch_turn();
+    use flyt::train::ReferenceState;
+    let (mut x, mut official) = mean_and_official(31, 1);
+    let lr = 0.05;
+    let a = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+    let b = official.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+    assert!(a.g_w.equal(&b.g_w) && a.g_s.equal(&b.g_s));
+    assert_eq!(a.down_loss, b.down_loss);
+    x.reference.apply(a, lr);
+    official.apply(b, lr);
+    for i in 0..3 {
+        assert!(x.reference.params[i].equal(&official.params[i]), "θ[{i}] differs");
+    }
+    let ((ma, va, ta), (mb, vb, tb)) = (x.reference.opt.state(), official.opt.state());
+    for i in 0..3 {
+        assert!(ma[i].equal(&mb[i]) && va[i].equal(&vb[i]), "moments of θ[{i}] differ");
+    }
+    // official: one counter, advanced by the task's θ′ and again by ρ's step
+    assert_eq!((ta, tb), (1, 2));
+    assert_eq!(official.rho_opt.t, 2);
+    assert_eq!(x.reference.rho_opt.t, 1);
+
+    // without a learned downstream logit scale the counters agree, and whole runs are identical
+    let (mut x, mut official) = mean_and_official(32, 1);
+    x.reference.set_downstream_logit_scale(None);
+    official.set_downstream_logit_scale(None);
+    for step in 0..5 {
+        x.s = Tensor::randn([8], OPTS);
+        let a = x.reference.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+        let b = official.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+        assert!(a.g_s.equal(&b.g_s), "step {step}: ∂J/∂s differs");
+        x.reference.apply(a, lr);
+        official.apply(b, lr);
+    }
+    for i in 0..3 {
+        assert!(x.reference.params[i].equal(&official.params[i]), "θ[{i}] differs after 5 steps");
+    }
+    assert_eq!((x.reference.opt.t, official.opt.t), (5, 5));
+    assert_eq!(official.rho.double_value(&[]), 0.0, "ρ stays 0 (a scale of 1) when not learned");
+}
+
+#[test]
+fn official_multitask_chains_the_moments_once_per_task() {
+    let _turn = torch_turn();
+    let (x, mut official) = mean_and_official(33, 2);
+    let lr = 0.05;
+    let look = official.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+    assert_eq!(look.task_losses.len(), 2);
+    let g: Vec<Tensor> = look.grads.iter().map(|g| g.shallow_clone()).collect();
+    official.apply(look, lr);
+    let (b1, b2) = (AdamW::default().beta1, AdamW::default().beta2);
+    let (m, v, t) = official.opt.state();
+    for i in 0..3 {
+        // from zero moments, two updates with the same g: m = (1 − β₁²) g, v = (1 − β₂²) g²
+        let want_m = &g[i] * (1.0 - b1 * b1);
+        let want_v = g[i].square() * (1.0 - b2 * b2);
+        assert!((&m[i] - want_m).abs().max().double_value(&[]) < 1e-15, "m[{i}]");
+        assert!((&v[i] - want_v).abs().max().double_value(&[]) < 1e-15, "v[{i}]");
+    }
+    assert_eq!(t, 3, "two tasks and ρ share one counter");
+    // the default (mean) moves the moments once
+    let mut mean = mean_and_official(33, 2).0.reference;
+    let look = mean.lookahead(&x.s, &x.up_image, &x.up_text, &x.tasks, Inner::AdamW, lr).unwrap();
+    let g0 = look.grads[0].shallow_clone();
+    mean.apply(look, lr);
+    let (m, _, t) = mean.opt.state();
+    assert!((&m[0] - &g0 * (1.0 - b1)).abs().max().double_value(&[]) < 1e-15);
+    assert_eq!(t, 1);
+}
+
+#[test]
+fn a_frozen_reference_keeps_theta_and_rho_and_its_learning_rate() {
+    let _turn = torch_turn();
+    use flyt::train::{FlytState, GluHead, ParamAdamW, RefSettings, ScoringModel, train_flyt};
+    let x = planted(14, 1);
+    let cfg = toy_config(12);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = GluHead::new(&vs.root(), x.din);
+    let mut reference = EmbeddingReference::new(x.din, x.din, 0.1, cfg.adam, Kind::Float, Device::Cpu);
+    reference.settings = RefSettings { update: false, ..Default::default() };
+    let before: Vec<Tensor> = reference.params.iter().map(|p| p.detach().copy()).collect();
+    let rho = reference.rho.double_value(&[]);
+    let mut state = FlytState { reference, score_opt: ParamAdamW::new(cfg.adam, &head.named_parameters()), step: 0 };
+    let w_before = head.named_parameters()[0].1.detach().copy();
+    let mut lrs = Vec::new();
+    train_flyt(&head, &mut state, &x.pool, std::slice::from_ref(&x.task), &cfg, |l| {
+        lrs.push((l.ref_lr, l.score_lr));
+        Ok(true)
+    })
+    .unwrap();
+    for (b, p) in before.iter().zip(&state.reference.params) {
+        assert!(b.equal(&p.detach()), "a frozen reference moved");
+    }
+    assert_eq!(state.reference.rho.double_value(&[]), rho);
+    let (m, _, t) = state.reference.opt.state();
+    assert_eq!(t, 12, "the optimiser's counter still moves");
+    assert!(m[0].abs().sum(Kind::Double).double_value(&[]) > 0.0, "and its moments");
+    assert!(lrs.iter().all(|&(r, _)| r == cfg.ref_lr), "the reference's schedule is not stepped: {lrs:?}");
+    assert!(lrs[0].1 < lrs[9].1, "the head's schedule still warms up");
+    assert!(!w_before.equal(&head.named_parameters()[0].1.detach()), "the head trains");
+}
+
+#[test]
+fn heads_and_mixers_start_as_pytorch_linear_layers() {
+    let _turn = torch_turn();
+    use flyt::train::{GluHead, Mixer, ScoringModel};
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = GluHead::new(&vs.root(), 32);
+    let mixer = Mixer::new(&(vs.root() / "mix"), 4);
+    for (name, p) in head.named_parameters().into_iter().chain(mixer.named_parameters()) {
+        let fan_in = if name.starts_with("linear") { 4.0 } else { 64.0 };
+        let bound = 1.0 / f64::sqrt(fan_in);
+        let max = p.abs().max().double_value(&[]);
+        // uniform in ±1/√fan_in: the largest of many draws is close to the bound, never above it
+        assert!(max <= bound, "{name}: max |x| = {max} > 1/√{fan_in}");
+        if p.numel() >= 64 {
+            assert!(max > 0.9 * bound, "{name}: max |x| = {max}, far below 1/√{fan_in}");
+            let std = p.std(false).double_value(&[]);
+            assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.1, "{name}: std {std} is not U(±{bound})'s");
+        }
+    }
+}
+
+#[test]
+fn the_loss_scaler_halves_on_overflow_and_doubles_after_2000_clean_updates() {
+    use flyt::train::LossScaler;
+    let mut s = LossScaler::new(1024.0);
+    for _ in 0..1999 {
+        s.update(false);
+    }
+    assert_eq!(s, LossScaler { scale: 1024.0, growth_tracker: 1999 });
+    s.update(false);
+    assert_eq!(s, LossScaler { scale: 2048.0, growth_tracker: 0 });
+    s.update(false);
+    s.update(true);
+    assert_eq!(s, LossScaler { scale: 1024.0, growth_tracker: 0 });
+    let mut top = LossScaler { scale: f64::MAX, growth_tracker: 1999 };
+    top.update(false);
+    assert_eq!(top, LossScaler { scale: f64::MAX, growth_tracker: 0 }, "a growth that would overflow is not taken");
+}
+
+/// A small full-mode run (f32): its pool, one task, and a fresh head and reference per call.
+struct FullRun {
+    pool: flyt::train::FullPool,
+    tasks: Vec<flyt::train::FullTask>,
+    cfg: flyt::train::FlytConfig,
+}
+
+impl FullRun {
+    fn new() -> Self {
+        use flyt::train::{FullPool, FullTask};
+        let mut rng = flyt::rng::SplitMix64::new(3);
+        let mut images = |n: usize| -> Vec<Vec<u8>> {
+            (0..n)
+                .map(|_| flyt::clip::preprocess::preprocess(&flyt::synth::png_image(12, &mut rng), 8, 8).unwrap())
+                .collect()
+        };
+        tch::manual_seed(5);
+        let pool = FullPool {
+            images: images(20),
+            sources: None,
+            ids: token_ids(20),
+            features: Tensor::randn([20, 16], (Kind::Float, Device::Cpu)),
+        };
+        let tasks = vec![FullTask {
+            images: images(9),
+            sources: None,
+            labels: (0..9).map(|i| i % 3).collect(),
+            prompts: Tensor::stack(&[token_ids(3), token_ids(3)], 1),
+            captions: None,
+        }];
+        let cfg = flyt::train::FlytConfig {
+            steps: 6,
+            batch: 6,
+            down_batch: 5,
+            ref_lr: 1e-3,
+            warmup: 2,
+            ..Default::default()
+        };
+        FullRun { pool, tasks, cfg }
+    }
+
+    /// Trains from seed 1 with `scaler` and `chunk`; returns the head's scores of the pool, the reference's
+    /// parameters after each step, and the state.
+    fn train(
+        &self,
+        scaler: Option<flyt::train::LossScaler>,
+        chunk: Option<usize>,
+    ) -> (Tensor, Vec<Vec<Tensor>>, flyt::train::FlytState<flyt::train::FullReference>) {
+        use flyt::train::{FlytState, FullReference, GluHead, ParamAdamW, ReferenceState, ScoringModel};
+        tch::manual_seed(1);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let head = GluHead::new(&vs.root(), 8);
+        let mut reference = FullReference::new(&tiny_clip(), None, self.cfg.adam, Kind::Float, Device::Cpu).unwrap();
+        reference.set_amp(scaler);
+        reference.set_chunk(chunk);
+        let mut state =
+            FlytState { reference, score_opt: ParamAdamW::new(self.cfg.adam, &head.named_parameters()), step: 0 };
+        let mut thetas = Vec::new();
+        let snapshot =
+            |st: &FlytState<FullReference>| st.reference.parts().0.iter().map(|p| p.detach().copy()).collect();
+        thetas.push(snapshot(&state));
+        let mut st = state;
+        loop {
+            let before = st.step;
+            flyt::train::train_flyt_full(&head, &mut st, &self.pool, &self.tasks, &self.cfg, |_| Ok(false)).unwrap();
+            if st.step == before {
+                break;
+            }
+            thetas.push(snapshot(&st));
+        }
+        state = st;
+        (tch::no_grad(|| head.forward(&self.pool.features)), thetas, state)
+    }
+}
+
+#[test]
+fn loss_scaling_changes_no_bit_and_an_overflow_skips_the_step() {
+    use flyt::train::{LossScaler, ReferenceState};
+    let _turn = torch_turn();
+    let run = FullRun::new();
+    for chunk in [None, Some(4)] {
+        let (plain, _, _) = run.train(None, chunk);
+        let (scaled, _, state) = run.train(Some(LossScaler::new(1024.0)), chunk);
+        assert!(plain.equal(&scaled), "chunk {chunk:?}: a power-of-two loss scale changed the run");
+        // three updates a step (θ′, the downstream gradients, the JVP), none overflowing
+        assert_eq!(state.reference.scaler(), Some(LossScaler { scale: 1024.0, growth_tracker: 18 }));
+    }
+    // a scale that overflows f32: the first steps are skipped (θ unchanged) and the scale halves until it fits
+    let (_, thetas, state) = run.train(Some(LossScaler::new(2f64.powi(127))), None);
+    let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(x, y)| x.equal(y));
+    assert!(same(&thetas[0], &thetas[1]), "an overflowing step moved the reference");
+    assert!(!same(&thetas[5], &thetas[6]), "the run never recovered");
+    let sc = state.reference.scaler().unwrap();
+    assert!(sc.scale < 2f64.powi(127) && sc.scale >= 2f64.powi(100), "{sc:?}");
+    assert!(thetas[6].iter().all(|p| p.isfinite().all().int64_value(&[]) == 1));
+    // the scaler travels with a checkpoint
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("amp.safetensors");
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = flyt::train::GluHead::new(&vs.root(), 8);
+    flyt::train::save_checkpoint(&ckpt, &head, &state, &serde_json::Value::Null).unwrap();
+    let (_, _, mut other) = run.train(Some(LossScaler::new(8.0)), None);
+    flyt::train::load_checkpoint(&ckpt, &head, &mut other).unwrap();
+    assert_eq!(other.reference.scaler(), Some(sc));
 }

@@ -11,13 +11,21 @@ pub struct Args {
     /// The frozen CLIP (a Hugging Face folder) whose embeddings the pool uses.
     #[arg(long)]
     pub model: PathBuf,
-    /// Class names, one per line (DataComp's `classnames.txt`); line i is label i.
-    #[arg(long)]
-    pub classnames: PathBuf,
+    /// Class names, one per line (DataComp's `classnames.txt`); line i is label i. Default: the --task's.
+    #[arg(long, required_unless_present = "task")]
+    pub classnames: Option<PathBuf>,
     /// Prompt templates, one per line with `{c}` for the class name (DataComp's
-    /// `zeroshot_classification_templates.txt`); default: "a photo of a {c}.".
+    /// `zeroshot_classification_templates.txt`); default: the --task's, else "a photo of a {c}.".
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// The DataComp task the shards are (imagenet, cifar10, mnist, ...: the official code's names): its class names
+    /// and templates come from --datacomp-eval-dir, as the official code reads them.
+    #[arg(long, requires = "datacomp_eval_dir")]
+    pub task: Option<String>,
+    /// DataComp's evaluation directory (`wds_<task>_test/classnames.txt` and
+    /// `zeroshot_classification_templates.txt`).
+    #[arg(long)]
+    pub datacomp_eval_dir: Option<PathBuf>,
     /// Output `.npz`: `image` (M × d), `labels` (M), `prompts` (C × T × d), all from the frozen CLIP.
     #[arg(long)]
     pub out: PathBuf,
@@ -42,6 +50,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         model: a.model,
         classnames: a.classnames,
         templates: a.templates,
+        task: a.task,
+        datacomp_eval_dir: a.datacomp_eval_dir,
         out: a.out.clone(),
         captions: a.captions,
         batch_size: a.batch_size,

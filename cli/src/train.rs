@@ -3,16 +3,16 @@
 use std::path::PathBuf;
 
 use flyt::DeviceSpec;
-use flyt::train::{FlytConfig, ModelKind};
-use flyt_pipelines::{ReferenceMode, ScoreConfig, TrainConfig, score, train};
+use flyt::train::{FlytConfig, ModelKind, Multitask};
+use flyt_pipelines::{MixerInputs, ReferenceMode, ScoreConfig, TrainConfig, score, train};
 
 /// Which scoring model.
 #[derive(clap::Subcommand, Debug)]
 pub enum Which {
     /// FLYT: a SwiGLU head over the frozen CLIP embeddings [u; t] of each example.
-    Flyt(TrainArgs),
+    Flyt(Box<TrainArgs>),
     /// M-FLYT: a linear mix of per-method scores (`--scores FILE --columns a,b,...`).
-    Mflyt(TrainArgs),
+    Mflyt(Box<TrainArgs>),
 }
 
 /// The reference model FLYT steps through.
@@ -24,6 +24,48 @@ pub enum Reference {
     /// The CLIP towers themselves (`--model`), trained on images and captions from WebDataset shards
     /// (`--shards`, `--down-shards`), as in the paper.
     Full,
+}
+
+/// M-FLYT's mixer inputs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inputs {
+    /// The raw scores (the official MixingModel).
+    Raw,
+    /// z-scored with the pool's statistics.
+    Zscore,
+}
+
+/// How several downstream tasks combine.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tasks {
+    /// One θ′, the mean loss (flyt's).
+    Mean,
+    /// A θ′ per task, as the official loop.
+    Official,
+}
+
+/// The precision of a step.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// float32.
+    F32,
+    /// float64.
+    F64,
+}
+
+/// A downstream logit scale: learned from a start, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scale(pub Option<f64>);
+
+fn logit_scale(s: &str) -> Result<Scale, String> {
+    if s == "none" {
+        return Ok(Scale(None));
+    }
+    s.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .map(|x| Scale(Some(x)))
+        .ok_or_else(|| format!("a log-scale or `none`, got {s:?}"))
 }
 
 /// Arguments of `flyt train`.
@@ -46,19 +88,40 @@ pub struct TrainArgs {
     /// Full mode: labelled downstream shards (image + `cls`), or directories (repeatable: one task each).
     #[arg(long)]
     pub down_shards: Vec<PathBuf>,
-    /// Full mode: class names (one per line; line i is label i), one file per `--down-shards`.
+    /// Full mode: class names (one per line; line i is label i), one file per `--down-shards` (default: the
+    /// --down-task's, from --datacomp-eval-dir).
     #[arg(long)]
     pub classnames: Vec<PathBuf>,
-    /// Full mode: prompt templates with `{c}` (one per line); default "a photo of a {c}.".
+    /// Full mode: prompt templates with `{c}` (one per line), one file per `--down-shards` or one for all. Default:
+    /// each task's DataComp templates (--down-task with --datacomp-eval-dir), one drawn per class per step as the
+    /// official code does; else the single prompt "a photo of a {c}.".
     #[arg(long)]
-    pub templates: Option<PathBuf>,
+    pub templates: Vec<PathBuf>,
+    /// Full mode: the DataComp task each `--down-shards` is (imagenet, cifar10, mnist, ...: the official
+    /// `--downstream_task_names`), one per `--down-shards`.
+    #[arg(long)]
+    pub down_task: Vec<String>,
+    /// DataComp's evaluation directory, where each task's classnames.txt and zeroshot_classification_templates.txt
+    /// are (the official `--datacomp_eval_dir`).
+    #[arg(long)]
+    pub datacomp_eval_dir: Option<PathBuf>,
     /// Full mode: run the towers on at most this many examples at a time (gradient caching: same result,
     /// bounded activation memory, about one extra forward pass), so large batches fit one GPU.
     #[arg(long)]
     pub chunk: Option<usize>,
-    /// Embedding prefix in the pool's `.npz` (default: l14, else b32, else the only pair).
+    /// Embedding prefix in the pool's `.npz`. Default: b32 when present — the official scorer reads OpenAI
+    /// ViT-B/32's [u; t] — else l14, else the only pair.
     #[arg(long)]
     pub embeddings: Option<String>,
+    /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from; the reference
+    /// starts at its logit scale, as the official reference (the pretrained CLIP) does. Default: the curation's
+    /// model when --pool is a `flyt curate` output's embeddings/, else OpenAI CLIP's ln 100 (DataComp's
+    /// embeddings are OpenAI's).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Embedding mode: the reference's starting logit scale (log τ) instead of the frozen CLIP's.
+    #[arg(long)]
+    pub ref_logit_scale: Option<f64>,
     /// Downstream task `.npz` (repeatable): `image` (M × d frozen image embeddings), `labels` (M integers),
     /// `prompts` (C × T × d frozen text embeddings of class names × templates); with a `captions` array (M × d)
     /// the task's loss is the CLIP loss of its (image, caption) pairs instead (`flyt downstream --captions`).
@@ -77,30 +140,82 @@ pub struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
-    /// Iterations.
+    /// Iterations (the paper's 5000: 20.48 M upstream samples at batch 4096).
     #[arg(long, default_value_t = 5000)]
     pub steps: usize,
-    /// Upstream batch size.
+    /// Upstream batch size (the paper's global 4096), drawn with replacement.
     #[arg(long, default_value_t = 4096)]
     pub batch: usize,
-    /// Downstream batch size per task.
+    /// Downstream batch size per task (the paper's global 3072).
     #[arg(long, default_value_t = 3072)]
     pub down_batch: usize,
-    /// Reference learning rate.
+    /// Reference learning rate (the paper's 5e-5; open_clip's warmup + cosine schedule).
     #[arg(long, default_value_t = 5e-5)]
     pub ref_lr: f64,
-    /// Scoring learning rate.
+    /// Scoring learning rate (the paper's 1e-3; warmup + cosine).
     #[arg(long, default_value_t = 1e-3)]
     pub score_lr: f64,
-    /// Warmup steps.
+    /// Warmup steps of both schedules (the paper's 100).
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
     /// Reference projection width (default: the embedding width).
     #[arg(long)]
     pub ref_dim: Option<i64>,
-    /// FLYT: start the head at s ≈ cos(u, t) (notes §2.1's cos-sim init).
+    /// FLYT: start the head at s ≈ cos(u, t) (notes §2.1's cos-sim init; the official --cos_sim_init, off by
+    /// default there too). Without it the head starts as PyTorch's nn.Linear does (uniform ±1/√fan_in).
     #[arg(long)]
     pub cos_sim_init: bool,
+    /// M-FLYT: the mixer's inputs. raw (default): the scores as they are, PyTorch's random init (the official
+    /// MixingModel); zscore: each z-scored with the pool's statistics (saved with the mixer), zero init — ahead in
+    /// short runs, where raw inputs leave the mix flat (the README's evaluation has both).
+    #[arg(long, value_enum, default_value_t = Inputs::Raw)]
+    pub mixer_inputs: Inputs,
+    /// Several downstream tasks. mean (default, a deliberate difference): one θ′ for all, the mean of their
+    /// losses, the objective the paper writes; official: a θ′ per task from the same gradient, the AdamW moments
+    /// updated once per task and one step counter shared with the downstream logit scale, as the official loop
+    /// runs. With one task the two differ only in that counter.
+    #[arg(long, value_enum, default_value_t = Tasks::Mean)]
+    pub multitask: Tasks,
+    /// Keep the reference model fixed (the official script without --update_reference_model; the authors'
+    /// command updates it, as flyt does by default).
+    #[arg(long)]
+    pub freeze_reference: bool,
+    /// The downstream logit scale ρ: learned from this log-scale (default 2.65926 = ln(1/0.07), the authors'
+    /// command), or `none`: no scale (1), not learned (the official default without --downstream_logit_scale).
+    #[arg(long, default_value = "2.65926", value_parser = logit_scale)]
+    pub downstream_logit_scale: Scale,
+    /// Full mode: no augmentation (default: RandomResizedCrop, scale (0.9, 1.0), of the upstream and downstream
+    /// images each step, seeded: open_clip's training transform, which the official code trains through).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Initial weights under the official code's names, so two implementations start from the same point: the
+    /// head's glu_model.layers.0.{w1,w2,w3}.{weight,bias} (a mixer's layers.0.{weight,bias}), the reference's
+    /// (full mode: open_clip's names; embedding mode: w_img, w_txt, logit_scale) and downstream_logit_scale.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Replay explicit batches instead of the seeded draws: a safetensors file with, per step n, int64
+    /// step{n}.upstream, step{n}.task{k}.rows and step{n}.task{k}.templates (one template per class), or a
+    /// --trace directory (each traced step's batch.*).
+    #[arg(long)]
+    pub batches: Option<PathBuf>,
+    /// Write every intermediate of the --trace-steps into this directory, one step{N}.safetensors each (see the
+    /// README's FLYT section for the names).
+    #[arg(long, requires = "trace_steps")]
+    pub trace: Option<PathBuf>,
+    /// The steps to trace (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub trace_steps: Vec<usize>,
+    /// Precision of the whole step: f32, or f64 (to compare with another implementation to the last digits).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Full mode on CUDA: the official `amp` path (--precision amp there) — the towers under fp16 autocast, the
+    /// losses scaled by a dynamic loss scaler (×0.5 and the step skipped on an overflow, ×2 after 2000 clean
+    /// updates). Default off: f32. Refused on a CPU, which stays f32.
+    #[arg(long)]
+    pub amp: bool,
+    /// The loss scaler's start with --amp (the official --scaler_scale in its amp runs).
+    #[arg(long, default_value_t = 1024.0)]
+    pub scaler_scale: f64,
     /// Save a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: usize,
@@ -160,8 +275,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         down_shards: a.down_shards,
         classnames: a.classnames,
         templates: a.templates,
+        down_tasks: a.down_task,
+        datacomp_eval_dir: a.datacomp_eval_dir,
         chunk: a.chunk,
         embeddings: a.embeddings,
+        clip: a.clip,
+        ref_logit_scale: a.ref_logit_scale,
         downstream: a.downstream,
         scores: a.scores,
         columns: a.columns,
@@ -179,6 +298,24 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         },
         ref_dim: a.ref_dim,
         cos_sim_init: a.cos_sim_init,
+        mixer_inputs: match a.mixer_inputs {
+            Inputs::Raw => MixerInputs::Raw,
+            Inputs::Zscore => MixerInputs::Zscore,
+        },
+        multitask: match a.multitask {
+            Tasks::Mean => Multitask::Mean,
+            Tasks::Official => Multitask::Official,
+        },
+        freeze_reference: a.freeze_reference,
+        downstream_logit_scale: a.downstream_logit_scale.0,
+        augment: !a.no_augment,
+        init: a.init,
+        batches: a.batches,
+        trace: a.trace,
+        trace_steps: a.trace_steps,
+        f64: a.dtype == Dtype::F64,
+        amp: a.amp,
+        scaler_scale: a.scaler_scale,
         checkpoint_every: a.checkpoint_every,
         stop_after: a.stop_after,
         device: a.device,

@@ -41,6 +41,15 @@ fn flyt_head(path: &Path, dim: i64, seed: i64) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let h = flyt::train::GluHead::new(&vs.root(), dim);
+    // PyTorch's init gives scores too alike for two random heads to pick different subsets of a small pool; a
+    // wider output layer makes them differ as trained heads do
+    tch::no_grad(|| {
+        for (n, mut t) in h.parameters() {
+            if n.starts_with("w2") {
+                let _ = t.g_mul_scalar_(20.0);
+            }
+        }
+    });
     write_checkpoint(path, h.parameters(), serde_json::json!({"kind": "flyt", "dim": dim}));
 }
 

@@ -263,6 +263,76 @@ print(z["image"].shape, z["labels"].tolist(), z["prompts"].shape, float(np.abs(z
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let side = std::fs::read_to_string(full.join("checkpoint.json")).unwrap();
+    assert!(side.contains("\"augment\": true"), "full mode augments by default: {side}");
+    // A task DataComp knows, its class names and templates from DataComp's evaluation directory (as the official
+    // code reads them), in `flyt downstream` and in full mode; one template drawn per class per step.
+    let dc = dir.path().join("dc-eval/wds_mnist_test");
+    std::fs::create_dir_all(&dc).unwrap();
+    std::fs::write(dc.join("classnames.txt"), "zero\none\ntwo\n").unwrap();
+    std::fs::write(dc.join("zeroshot_classification_templates.txt"), "a photo of the number: \"{c}\".\n{c}\na {c}.\n")
+        .unwrap();
+    let eval_dir = dir.path().join("dc-eval");
+    let o = Command::new(flyt)
+        .args(["downstream", "--model", model.to_str().unwrap(), "--device", "cpu", "--task", "mnist"])
+        .args(["--datacomp-eval-dir", eval_dir.to_str().unwrap()])
+        .args(["--out", dir.path().join("mnist.npz").to_str().unwrap(), labelled.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("12 images of 3 classes, 3 templates"));
+    let o = Command::new(flyt)
+        .args(["downstream", "--model", model.to_str().unwrap(), "--device", "cpu", "--task", "fashion"])
+        .args(["--datacomp-eval-dir", eval_dir.to_str().unwrap()])
+        .args(["--out", dir.path().join("x.npz").to_str().unwrap(), labelled.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("\"fashion\"") && err.contains("cifar10"), "{err}");
+    let full_dc = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let o = Command::new(flyt)
+            .args(["train", "flyt", "--reference", "full", "--model", model.to_str().unwrap()])
+            .args(["--shards", shards.to_str().unwrap(), "--down-shards", labelled.to_str().unwrap()])
+            .args(["--down-task", "mnist", "--datacomp-eval-dir", eval_dir.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--steps", "2", "--batch", "6", "--down-batch", "5"])
+            .args(["--warmup", "1", "--device", "cpu"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            std::fs::read_to_string(out.join("checkpoint.json")).unwrap(),
+            std::fs::read_to_string(out.join("losses.csv")).unwrap(),
+        )
+    };
+    let (side, aug) = full_dc("full_dc", &[]);
+    assert!(side.contains("wds_mnist_test/zeroshot_classification_templates.txt"), "{side}");
+    assert!(side.contains("wds_mnist_test/classnames.txt"), "{side}");
+    let (_, aug2) = full_dc("full_dc2", &[]);
+    assert_eq!(aug, aug2, "augmentation is seeded");
+    let (side, plain) = full_dc("full_dc3", &["--no-augment"]);
+    assert!(side.contains("\"augment\": false"));
+    assert_ne!(aug, plain, "the crops change the losses");
+    // The reference from open_clip's names (the official code's): the towers as they are, the logit scale set
+    // to 3; step 0's trace shows θ′ one small step from it.
+    let hf: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(model.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("position_ids"))
+        .map(|(n, t)| if n == "logit_scale" { (n, tch::Tensor::from_slice(&[3.0f32]).squeeze()) } else { (n, t) })
+        .collect();
+    let oc = flyt::clip::to_open_clip(&hf).unwrap();
+    assert!(oc.iter().any(|(n, _)| n == "visual.transformer.resblocks.0.attn.in_proj_weight"));
+    let init = dir.path().join("open_clip_init.safetensors");
+    tch::Tensor::write_safetensors(&oc, &init).unwrap();
+    let trace = dir.path().join("full_trace");
+    full_dc("full_init", &["--init", init.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--trace-steps", "0"]);
+    let t0: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(trace.join("step000000.safetensors")).unwrap().into_iter().collect();
+    let ls = t0["theta_next.logit_scale"].double_value(&[]);
+    assert!((ls - 3.0).abs() < 1e-3, "θ′'s logit scale {ls}: the init's 3 was not loaded");
+    assert!(t0.contains_key("g.vision_model.embeddings.patch_embedding.weight") && t0.contains_key("G"));
     // Default float16 output, DataComp's dtype, and the fast (DCT-scaled) path run too.
     let out16 = dir.path().join("out16");
     let o = Command::new(flyt)

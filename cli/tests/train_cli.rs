@@ -201,3 +201,175 @@ fn train_with_the_downstream_clip_loss() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("captions must be M × d"), "{err}");
 }
+
+/// Initial weights under the official code's names: a head whose output layer is zero with bias 0.5 (every
+/// example scores 0.5), projections from numpy, a reference logit scale of 3 and ρ = 1.5.
+const INIT: &str = r#"
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(9)
+d = 16
+t = {f"glu_model.layers.0.{w}.weight": rng.uniform(-0.1, 0.1, (2 * d, 2 * d)).astype(np.float32) for w in ["w1", "w3"]}
+t.update({f"glu_model.layers.0.{w}.bias": rng.uniform(-0.1, 0.1, 2 * d).astype(np.float32) for w in ["w1", "w3"]})
+t["glu_model.layers.0.w2.weight"] = np.zeros((1, 2 * d), np.float32)
+t["glu_model.layers.0.w2.bias"] = np.array([0.5], np.float32)
+t["w_img"] = (np.eye(d) + 0.05 * rng.normal(size=(d, d))).astype(np.float32)
+t["w_txt"] = (np.eye(d) + 0.05 * rng.normal(size=(d, d))).astype(np.float32)
+t["logit_scale"] = np.array(3.0, np.float32)
+t["downstream_logit_scale"] = np.array(1.5, np.float32)
+save_file(t, "init.safetensors")
+bad = dict(t); bad["glu_model.layers.0.w9.weight"] = t["glu_model.layers.0.w2.weight"]
+save_file(bad, "bad_init.safetensors")
+del t["downstream_logit_scale"]
+save_file(t, "init_no_rho.safetensors")
+"#;
+
+/// Reads a trace step with the safetensors package, as another implementation would, and prints what the test
+/// checks: the scores' spread, ∂J/∂s against w ⊙ (G − ⟨w, G⟩), the counter, ρ, and θ's logit scale.
+const READ_TRACE: &str = r#"
+import sys, numpy as np
+from safetensors.numpy import load_file
+t = load_file(sys.argv[1])
+w, G, ds = t["weights"], t["G"], t["dJ_ds"]
+print(float(t["scores"].min()), float(t["scores"].max()), bool(np.allclose(ds, w * (G - (w * G).sum()), atol=1e-9)),
+      int(t["t"]), float(t["rho"]), float(t["theta.logit_scale"]), float(np.abs(t["theta.w_img"] - t["theta_next.w_img"]).max()),
+      t["dJ_ds"].dtype, len(t["batch.upstream"]), len(t["batch.task0.templates"]))
+"#;
+
+fn trace_line(d: &Path, file: &str) -> Vec<String> {
+    py_args_in(READ_TRACE, d, file).split_whitespace().map(String::from).collect()
+}
+
+fn py_args_in(script: &str, cwd: &Path, arg: &str) -> String {
+    let o =
+        std::process::Command::new(common::python()).arg("-c").arg(script).arg(arg).current_dir(cwd).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn train_from_official_names_with_traced_and_replayed_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    py(INIT, d);
+    let run = |out: &str, init: &str, extra: &[&str]| {
+        let mut args = vec!["train", "flyt", "--pool", "pool", "--downstream", "task.npz", "--out", out];
+        args.extend(TRAIN.iter().skip(2));
+        args.extend(["--steps", "3", "--init", init, "--trace-steps", "0,1,2"]);
+        args.extend(extra);
+        flyt(&args, d)
+    };
+    ok(run("a", "init.safetensors", &["--trace", "ta", "--dtype", "f64"]));
+    // the head as initialised: every score 0.5; θ′ one small AdamW step from the given logit scale 3
+    let t0 = trace_line(d, "ta/step000000.safetensors");
+    assert_eq!((t0[0].as_str(), t0[1].as_str(), t0[2].as_str()), ("0.5", "0.5", "True"), "{t0:?}");
+    assert_eq!((t0[3].as_str(), t0[7].as_str(), t0[8].as_str(), t0[9].as_str()), ("1", "float64", "64", "4"));
+    let rho: f64 = t0[4].parse().unwrap();
+    let ls: f64 = t0[5].parse().unwrap();
+    assert!((rho - 1.5).abs() < 5e-3 && rho != 1.5, "ρ starts at the init's 1.5 and is learned: {rho}");
+    assert!((ls - 3.0).abs() < 5e-3, "the reference's logit scale starts at the init's 3: {ls}");
+    assert_eq!(t0[6], "0.0", "θ after the step is θ′");
+    // the same batches replayed under another seed: the same trace, byte for byte
+    ok(run("b", "init.safetensors", &["--trace", "tb", "--dtype", "f64", "--batches", "ta", "--seed", "77"]));
+    for s in 0..3 {
+        let f = format!("step{s:06}.safetensors");
+        let (a, b) = (std::fs::read(d.join("ta").join(&f)).unwrap(), std::fs::read(d.join("tb").join(&f)).unwrap());
+        assert!(a == b, "step {s}: the replayed trace differs");
+    }
+    // while the seed alone draws other batches
+    ok(run("c", "init.safetensors", &["--trace", "tc", "--dtype", "f64", "--seed", "77"]));
+    assert_ne!(
+        std::fs::read(d.join("ta/step000000.safetensors")).unwrap(),
+        std::fs::read(d.join("tc/step000000.safetensors")).unwrap()
+    );
+    // the official multitask loop: one counter, advanced by the task and by ρ
+    ok(run("e", "init.safetensors", &["--trace", "te", "--multitask", "official"]));
+    assert_eq!(trace_line(d, "te/step000000.safetensors")[3], "2");
+    // frozen, without a downstream logit scale: θ stays at the init, ρ at 0
+    let o = run("f", "init.safetensors", &["--freeze-reference", "--downstream-logit-scale", "none"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("downstream_logit_scale") && err.contains("none"), "{err}");
+    ok(run(
+        "f",
+        "init_no_rho.safetensors",
+        &["--trace", "tf", "--freeze-reference", "--downstream-logit-scale", "none"],
+    ));
+    let tf = trace_line(d, "tf/step000002.safetensors");
+    assert_eq!((tf[4].as_str(), tf[5].as_str()), ("0.0", "3.0"), "{tf:?}");
+    assert_ne!(tf[6], "0.0", "θ′ is computed, not committed");
+    // the settings are recorded with the checkpoint
+    let side = std::fs::read_to_string(d.join("f/checkpoint.json")).unwrap();
+    assert!(side.contains("\"update_reference\": false") && side.contains("init_no_rho.safetensors"), "{side}");
+    // a name the models do not have is refused, naming it
+    let o = flyt(
+        &[
+            "train",
+            "flyt",
+            "--pool",
+            "pool",
+            "--downstream",
+            "task.npz",
+            "--out",
+            "g",
+            "--init",
+            "bad_init.safetensors",
+            "--device",
+            "cpu",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bad_init.safetensors") && err.contains("w9"), "{err}");
+    // a plan that does not fit the pool is refused before any step
+    let o = flyt(
+        &[
+            "train",
+            "flyt",
+            "--pool",
+            "pool",
+            "--downstream",
+            "task.npz",
+            "--out",
+            "h",
+            "--batches",
+            "init.safetensors",
+            "--device",
+            "cpu",
+        ],
+        d,
+    );
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("init.safetensors"));
+}
+
+#[test]
+fn train_mflyt_with_zscored_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    let mut args = vec!["train", "mflyt", "--pool", "pool", "--downstream", "task.npz", "--scores", "inputs.parquet"];
+    args.extend(["--columns", "good,noise,neg", "--out", "z", "--mixer-inputs", "zscore"]);
+    args.extend(TRAIN);
+    ok(flyt(&args, d));
+    let side = std::fs::read_to_string(d.join("z/checkpoint.json")).unwrap();
+    assert!(side.contains("\"mixer_inputs\": \"zscore\""), "{side}");
+    ok(flyt(
+        &[
+            "score",
+            "--model",
+            "z/checkpoint.safetensors",
+            "--pool",
+            "pool",
+            "--scores",
+            "inputs.parquet",
+            "--out",
+            "zs",
+            "--device",
+            "cpu",
+        ],
+        d,
+    ));
+    let m: Vec<f64> =
+        py(&MEANS.replace("sys.argv[1]", "'zs'"), d).split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert!(m[0] > m[1] && m[1] > m[2], "M-FLYT (z-scored) mean scores by kind: {m:?}");
+}

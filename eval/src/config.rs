@@ -172,6 +172,22 @@ pub struct FlytTraining {
     pub ref_lr: f64,
     /// Scoring learning rate.
     pub score_lr: f64,
+    /// Start the head at s ≈ cos(u, t) (notes §2.1's cos-sim init) instead of PyTorch's `nn.Linear` default; off
+    /// by default, as in the official code and the authors' command.
+    #[serde(default)]
+    pub cos_sim_init: bool,
+}
+
+/// M-FLYT's mixer inputs: the raw scores with PyTorch's init (the official `MixingModel`), or z-scored with zero
+/// init.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MixerInputsName {
+    /// The official.
+    #[default]
+    Raw,
+    /// z-scored.
+    Zscore,
 }
 
 /// M-FLYT mixer training.
@@ -193,6 +209,9 @@ pub struct MflytTraining {
     /// negCLIPLoss batch B in the curation graph (batches are formed within each shard).
     #[serde(default = "default_ncl_batch")]
     pub ncl_batch: usize,
+    /// The mixer's inputs (`raw`, the default, or `zscore`).
+    #[serde(default)]
+    pub mixer_inputs: MixerInputsName,
 }
 
 fn default_ncl_batch() -> usize {

@@ -33,8 +33,8 @@ use flyt::rng::SplitMix64;
 use flyt::train::{FlytConfig, ModelKind};
 use flyt::{DeviceSpec, Ingest, ReaderConfig, Record, Uid};
 use flyt_pipelines::{
-    ClustersConfig, CurateConfig, DownstreamConfig, Method, NegClipLossParams, TrainConfig, clusters, curate,
-    downstream, train,
+    ClustersConfig, CurateConfig, DownstreamConfig, Method, MixerInputs, NegClipLossParams, TrainConfig, clusters,
+    curate, downstream, train,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -42,8 +42,8 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 pub use config::{
-    DEFAULT_EVAL, DEMO_EVAL, EvalConfig, FlytTraining, METHODS, Methods, MflytTraining, ModelSize, PoolMix, Reference,
-    Sources, SubsetTraining, TaskSource, Tasks,
+    DEFAULT_EVAL, DEMO_EVAL, EvalConfig, FlytTraining, METHODS, Methods, MflytTraining, MixerInputsName, ModelSize,
+    PoolMix, Reference, Sources, SubsetTraining, TaskSource, Tasks,
 };
 use data::DataDirs;
 pub use data::{Built, CLASSNAMES, KINDS};
@@ -440,8 +440,10 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         for ((shards, names), npz) in downs.iter().zip(&down_npz) {
             downstream(&DownstreamConfig {
                 model: ref_dir.clone(),
-                classnames: names.clone(),
+                classnames: Some(names.clone()),
                 templates: Some(templates_file.clone()),
+                task: None,
+                datacomp_eval_dir: None,
                 out: npz.clone(),
                 captions: false,
                 batch_size: 256,
@@ -459,7 +461,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             pool: Some(pool_emb.clone()),
             downstream: down_npz.clone(),
             out: head.clone(),
-            cos_sim_init: true,
+            cos_sim_init: f.cos_sim_init,
             device: opts.device,
             ..lookahead(ModelKind::Flyt, f.steps, f.batch, f.down_batch, f.ref_lr, f.score_lr)
         })?;
@@ -509,6 +511,10 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             downstream: down_npz.clone(),
             scores: tables,
             columns: m.columns.clone(),
+            mixer_inputs: match m.mixer_inputs {
+                config::MixerInputsName::Raw => MixerInputs::Raw,
+                config::MixerInputsName::Zscore => MixerInputs::Zscore,
+            },
             out: mixer.clone(),
             device: opts.device,
             ..lookahead(ModelKind::Mflyt, m.steps, m.batch, m.down_batch, m.ref_lr, m.score_lr)

@@ -41,11 +41,11 @@ pub(crate) use error::Context;
 pub use error::{Error, Result, report};
 pub use flight::{FlightOptions, serve, serve_until_stopped, spawn as spawn_flight};
 pub use jobs::{
-    Arch, ClustersConfig, ClustersReport, DownstreamConfig, DownstreamReport, Dtype, EmbedBenchConfig,
-    EmbedBenchReport, EmbedConfig, EmbedReport, EmbeddedShard, FilterConfig, FilterMethod, FilterReport, InspectConfig,
-    InspectReport, PoolInputs, ReferenceMode, SampleConfig, SampleMethod, SampleReport, ScoreConfig, ScoreReport,
-    ScoresConfig, ScoresReport, TrainConfig, TrainReport, clusters, downstream, embed, embed_bench, filter, inspect,
-    sample, score, scores, train,
+    Arch, ClustersConfig, ClustersReport, DOWNSTREAM_LOGIT_SCALE, DownstreamConfig, DownstreamReport, Dtype,
+    EmbedBenchConfig, EmbedBenchReport, EmbedConfig, EmbedReport, EmbeddedShard, FilterConfig, FilterMethod,
+    FilterReport, InspectConfig, InspectReport, MixerInputs, OPENAI_LOGIT_SCALE, PoolInputs, ReferenceMode,
+    SampleConfig, SampleMethod, SampleReport, ScoreConfig, ScoreReport, ScoresConfig, ScoresReport, TrainConfig,
+    TrainReport, clusters, downstream, embed, embed_bench, filter, inspect, sample, score, scores, train,
 };
 pub use methods::{Method, NegClipLossParams};
 pub use plot::font_ready;

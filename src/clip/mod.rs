@@ -3,10 +3,12 @@
 mod config;
 mod embed;
 mod model;
+mod open_clip;
 pub mod preprocess;
 mod tokenizer;
 
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use embed::{Embedder, EmbedderConfig, Embeddings};
-pub use model::{Clip, l2_normalize};
+pub use model::{Clip, l2_normalize, read_logit_scale};
+pub use open_clip::{from_open_clip, to_open_clip};
 pub use tokenizer::ClipTokenizer;

@@ -237,3 +237,71 @@ impl Clip {
 pub fn l2_normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12)
 }
+
+/// The logit scale (log τ) of a Hugging Face CLIP folder's `model.safetensors`, read from the file's header and
+/// that one tensor alone (not the whole model): what the frozen CLIP that made a pool's embeddings scaled its
+/// logits by. A missing tensor, or one that is not a float scalar, is an error naming the file.
+pub fn read_logit_scale(dir: &std::path::Path) -> crate::Result<f64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = dir.join("model.safetensors");
+    let err = |what: &str, why: String| crate::Error::format(&path, what, why);
+    let mut f = std::fs::File::open(&path).map_err(|e| crate::Error::io(&path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| crate::Error::io(&path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return Err(err("header", format!("{n} bytes: not a safetensors file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| crate::Error::io(&path, e))?;
+    let h: serde_json::Value = serde_json::from_slice(&header).map_err(|e| err("header", e.to_string()))?;
+    let t = h.get("logit_scale").ok_or_else(|| err("logit_scale", "no such tensor".into()))?;
+    let dtype = t["dtype"].as_str().unwrap_or_default();
+    let numel: u64 = t["shape"].as_array().map(|s| s.iter().filter_map(|d| d.as_u64()).product()).unwrap_or(0);
+    let (a, b) = match t["data_offsets"].as_array().map(|o| o.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>()) {
+        Some(o) if o.len() == 2 && o[0] <= o[1] && o[1] - o[0] <= 8 => (o[0], o[1]),
+        _ => return Err(err("logit_scale", "bad data_offsets".into())),
+    };
+    if numel != 1 {
+        return Err(err("logit_scale", format!("{numel} values, a scalar expected")));
+    }
+    f.seek(SeekFrom::Start(8 + n + a)).map_err(|e| crate::Error::io(&path, e))?;
+    let mut bytes = vec![0u8; (b - a) as usize];
+    f.read_exact(&mut bytes).map_err(|e| crate::Error::io(&path, e))?;
+    let v = match (dtype, bytes.len()) {
+        ("F32", 4) => f32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as f64,
+        ("F64", 8) => f64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        ("F16", 2) => half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f64(),
+        ("BF16", 2) => half::bf16::from_le_bytes([bytes[0], bytes[1]]).to_f64(),
+        _ => return Err(err("logit_scale", format!("dtype {dtype} with {} bytes", bytes.len()))),
+    };
+    if !v.is_finite() {
+        return Err(err("logit_scale", format!("{v} is not finite")));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn the_logit_scale_is_read_from_the_header_and_its_one_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        let big = Tensor::ones([64, 64], (Kind::Float, tch::Device::Cpu));
+        let scale = Tensor::from_slice(&[4.6052f32]).squeeze();
+        Tensor::write_safetensors(&[("a.weight", &big), ("logit_scale", &scale), ("z", &big)], &file).unwrap();
+        let v = super::read_logit_scale(dir.path()).unwrap();
+        assert_eq!(v, 4.6052f32 as f64);
+        Tensor::write_safetensors(&[("a.weight", &big)], &file).unwrap();
+        let e = super::read_logit_scale(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("model.safetensors") && e.contains("logit_scale") && e.contains("no such tensor"), "{e}");
+        let two = Tensor::from_slice(&[1.0f32, 2.0]);
+        Tensor::write_safetensors(&[("logit_scale", &two)], &file).unwrap();
+        let e = super::read_logit_scale(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a scalar"), "{e}");
+        std::fs::write(&file, b"\x08\0\0\0\0\0\0\0{oops}").unwrap();
+        assert!(super::read_logit_scale(dir.path()).is_err());
+    }
+}

@@ -289,6 +289,59 @@ pub fn resize_and_crop(img: &RgbImage, size: usize, crop: usize) -> Vec<u8> {
     out
 }
 
+/// torchvision's `RandomResizedCrop(size, scale, ratio)` with bicubic resizing, as open_clip's training
+/// transform applies it: a crop of a random area fraction in `scale` and a log-uniform aspect ratio in `ratio`
+/// at a random place (10 tries; then the centre crop with the aspect ratio clamped into `ratio`), resized to
+/// `size × size` (PIL's bicubic). Returns `size²·3` bytes; the draws come from `rng`.
+pub fn random_resized_crop(
+    img: &RgbImage,
+    size: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut crate::rng::SplitMix64,
+) -> Vec<u8> {
+    let (top, left, h, w) = random_crop_box(img.width, img.height, scale, ratio, rng);
+    let mut data = Vec::with_capacity(w * h * 3);
+    for y in top..top + h {
+        data.extend_from_slice(&img.data[(y * img.width + left) * 3..(y * img.width + left + w) * 3]);
+    }
+    resize_bicubic(&RgbImage { width: w, height: h, data }, size, size).data
+}
+
+/// `RandomResizedCrop.get_params`: the crop (top, left, height, width) of a `width × height` image, always
+/// inside it and at least 1 × 1.
+fn random_crop_box(
+    width: usize,
+    height: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut crate::rng::SplitMix64,
+) -> (usize, usize, usize, usize) {
+    let (fw, fh) = (width as f64, height as f64);
+    let area = fw * fh;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * (scale.0 + (scale.1 - scale.0) * rng.unit());
+        let aspect = (lr0 + (lr1 - lr0) * rng.unit()).exp();
+        let w = (target * aspect).sqrt().round() as usize;
+        let h = (target / aspect).sqrt().round() as usize;
+        if w > 0 && w <= width && h > 0 && h <= height {
+            let top = rng.below((height - h + 1) as u64) as usize;
+            let left = rng.below((width - w + 1) as u64) as usize;
+            return (top, left, h, w);
+        }
+    }
+    let in_ratio = fw / fh;
+    let (w, h) = if in_ratio < ratio.0 {
+        (width, ((fw / ratio.0).round() as usize).clamp(1, height))
+    } else if in_ratio > ratio.1 {
+        (((fh * ratio.1).round() as usize).clamp(1, width), height)
+    } else {
+        (width, height)
+    };
+    ((height - h) / 2, (width - w) / 2, h, w)
+}
+
 /// Resized images larger than this many pixels (a 1×10⁵ strip resized to a 224 short side, say) are refused
 /// rather than allocated.
 pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
@@ -328,4 +381,52 @@ pub fn to_pixels(images: &[Vec<u8>], crop: usize) -> tch::Tensor {
         }
     }
     tch::Tensor::from_slice(&flat).view([n as i64, 3, crop as i64, crop as i64])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// A 64 × 48 image whose pixels encode their position.
+    fn ramp() -> RgbImage {
+        let (width, height) = (64, 48);
+        let data = (0..height).flat_map(|y| (0..width).flat_map(move |x| [x as u8 * 4, y as u8 * 5, 128])).collect();
+        RgbImage { width, height, data }
+    }
+
+    #[test]
+    fn crop_boxes_stay_inside_with_the_area_and_ratio_asked() {
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..2000 {
+            let (top, left, h, w) = random_crop_box(64, 48, (0.9, 1.0), (3.0 / 4.0, 4.0 / 3.0), &mut rng);
+            assert!(top + h <= 48 && left + w <= 64 && h > 0 && w > 0, "{top} {left} {h} {w}");
+            let frac = (h * w) as f64 / (64.0 * 48.0);
+            // rounding each side to whole pixels moves the area by at most about a side's length
+            assert!((0.9 - 0.04..=1.0).contains(&frac), "area fraction {frac}");
+            let r = w as f64 / h as f64;
+            assert!((0.75 - 0.05..=4.0 / 3.0 + 0.05).contains(&r), "aspect {r}");
+        }
+        // a strip no crop of the ratios fits: the centre crop with the aspect clamped (torchvision's fallback)
+        let mut rng = SplitMix64::new(1);
+        assert_eq!(random_crop_box(1000, 10, (0.9, 1.0), (3.0 / 4.0, 4.0 / 3.0), &mut rng), (0, 493, 10, 13));
+        assert_eq!(random_crop_box(10, 1000, (0.9, 1.0), (3.0 / 4.0, 4.0 / 3.0), &mut rng), (493, 0, 13, 10));
+    }
+
+    #[test]
+    fn the_whole_image_at_scale_one_and_its_own_ratio_is_a_plain_resize() {
+        let img = ramp();
+        let r = 64.0 / 48.0;
+        let got = random_resized_crop(&img, 32, (1.0, 1.0), (r, r), &mut SplitMix64::new(3));
+        assert_eq!(got, resize_bicubic(&img, 32, 32).data);
+    }
+
+    #[test]
+    fn crops_are_seeded() {
+        let img = ramp();
+        let crop = |seed| random_resized_crop(&img, 24, (0.5, 1.0), (0.75, 4.0 / 3.0), &mut SplitMix64::new(seed));
+        assert_eq!(crop(5), crop(5));
+        assert_ne!(crop(5), crop(6));
+        assert_eq!(crop(5).len(), 24 * 24 * 3);
+    }
 }

@@ -6,6 +6,7 @@ mod npz;
 mod pool;
 mod scores;
 mod subset;
+mod tasks;
 
 pub use metadata::{MetadataRow, MetadataTable, read_metadata, write_metadata};
 pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
@@ -16,6 +17,7 @@ pub use scores::{
     write_score_table,
 };
 pub use subset::{SubsetCounts, read_subset, write_subset};
+pub use tasks::{DATACOMP_TASKS, datacomp_task_files};
 
 /// Writes one record batch as a parquet file through a temporary name and a rename.
 fn write_parquet_atomic(path: &std::path::Path, batch: &arrow_array::RecordBatch) -> crate::Result<()> {

@@ -58,6 +58,7 @@ pub fn save_checkpoint<R: ReferenceState>(
         "reference_t": ref_t,
         "rho_t": rho_t,
         "score_t": score_t,
+        "loss_scale": state.reference.scaler().map(|s| serde_json::json!({"scale": s.scale, "growth_tracker": s.growth_tracker})),
         "meta": meta,
     });
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Config(e.to_string()))?;
@@ -119,6 +120,16 @@ pub fn load_checkpoint<R: ReferenceState>(
     }
     state.score_opt.set_state(ms, vs, counter("score_t")?);
     state.step = counter("step")? as usize;
+    if let (Some(_), Some(saved)) = (state.reference.scaler(), json.get("loss_scale").filter(|v| !v.is_null())) {
+        let scale = saved.get("scale").and_then(|v| v.as_f64());
+        let tracker = saved.get("growth_tracker").and_then(|v| v.as_i64());
+        match (scale, tracker) {
+            (Some(scale), Some(growth_tracker)) => {
+                state.reference.set_scaler(Some(super::LossScaler { scale, growth_tracker }))
+            }
+            _ => return Err(Error::format(&side, "loss_scale", "needs a scale and a growth_tracker")),
+        }
+    }
     Ok(json.get("meta").cloned().unwrap_or(serde_json::Value::Null))
 }
 

@@ -4,7 +4,9 @@
 use tch::{Device, Kind, Tensor};
 
 use super::adamw::AdamW;
-use super::lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, Pieces, ReferenceState, inner_step};
+use super::lookahead::{
+    Inner, LOGIT_SCALE_RANGE, Lookahead, Pieces, RefSettings, ReferenceState, downstream_direction,
+};
 use super::loss::weighted_clip_loss;
 use super::optim::ParamAdamW;
 use crate::clip::l2_normalize;
@@ -22,6 +24,8 @@ pub struct EmbeddingReference {
     pub opt: ParamAdamW,
     /// Adam (no decay) over ρ.
     pub rho_opt: ParamAdamW,
+    /// How it commits and combines tasks.
+    pub settings: RefSettings,
 }
 
 /// One downstream task's batch in embedding mode: frozen image embeddings with labels, and one frozen prompt
@@ -64,7 +68,13 @@ impl EmbeddingReference {
         let rho = Tensor::from_slice(&[(1.0f64 / 0.07).ln()]).to_kind(kind).to_device(device).squeeze();
         let rho_opt =
             ParamAdamW::new(AdamW { weight_decay: 0.0, ..config }, &[("logit_scale_down".into(), rho.shallow_clone())]);
-        Self { opt: ParamAdamW::new(config, &named), params, rho: rho.set_requires_grad(true), rho_opt }
+        Self {
+            opt: ParamAdamW::new(config, &named),
+            params,
+            rho: rho.set_requires_grad(true),
+            rho_opt,
+            settings: RefSettings::default(),
+        }
     }
 
     /// Normalised image embeddings under `params`.
@@ -81,17 +91,15 @@ impl EmbeddingReference {
     /// `params`' text projection (notes §2.4 (a)), or for a task with captions the CLIP loss of its (image,
     /// caption) pairs at scale exp(ρ) (notes §2.4 (b)).
     pub fn downstream_loss(params: &[Tensor], rho: &Tensor, tasks: &[DownstreamBatch]) -> Tensor {
-        let mut total: Option<Tensor> = None;
-        for t in tasks {
-            let img = Self::encode_image(params, &t.image);
-            let txt = Self::encode_text(params, t.captions.as_ref().unwrap_or(&t.prompts));
-            let ce = super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho);
-            total = Some(match total {
-                None => ce,
-                Some(x) => x + ce,
-            });
-        }
-        total.expect("at least one task") / tasks.len() as f64
+        let n = tasks.len() as f64;
+        tasks.iter().map(|t| Self::task_loss(params, rho, t)).reduce(|a, b| a + b).expect("at least one task") / n
+    }
+
+    /// One task's downstream loss at `params`.
+    fn task_loss(params: &[Tensor], rho: &Tensor, t: &DownstreamBatch) -> Tensor {
+        let img = Self::encode_image(params, &t.image);
+        let txt = Self::encode_text(params, t.captions.as_ref().unwrap_or(&t.prompts));
+        super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho)
     }
 
     /// The exact one-step lookahead for scores `s` (notes §2.5): g = ∇_θ L_w(θ) with w = softmax(s),
@@ -122,27 +130,46 @@ impl EmbeddingReference {
         let up_loss = up.double_value(&[]);
         let grads = Tensor::run_backward(&[&up], &self.params, false, false);
         let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-        // (ii) θ' and the Jacobian of the step
-        let (mut next_params, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
-        let (lo, hi) = LOGIT_SCALE_RANGE;
-        next_params[2] = next_params[2].clamp(lo, hi);
-        // (iii) ∇ L_down at θ'
-        let leaves: Vec<Tensor> = next_params.iter().map(|p| p.detach().set_requires_grad(true)).collect();
-        let rho = self.rho.detach().set_requires_grad(true);
-        let down = Self::downstream_loss(&leaves, &rho, tasks);
-        let down_loss = down.double_value(&[]);
-        // the reference logit scale is not an input of L_down: only the projections and ρ are differentiated
-        let mut dg = Tensor::run_backward(&[&down], &[&leaves[0], &leaves[1], &rho], false, false);
-        let d_rho = dg.pop().expect("rho gradient");
+        // (ii)–(iv) θ′ (one, or one per task), ∇L_down there, v = (∂θ′/∂g) ⊙ ∇_θ′ L_down
+        let rho_learned = self.settings.rho_learned;
+        let down = downstream_direction(
+            &self.params,
+            &grads,
+            &self.opt,
+            inner,
+            lr,
+            self.settings.multitask,
+            tasks.len(),
+            |next| {
+                let (lo, hi) = LOGIT_SCALE_RANGE;
+                next[2] = next[2].clamp(lo, hi);
+            },
+            |next, range| {
+                let leaves: Vec<Tensor> = next.iter().map(|p| p.detach().set_requires_grad(true)).collect();
+                let rho = self.rho.detach().set_requires_grad(rho_learned);
+                let losses: Vec<Tensor> = tasks[range].iter().map(|t| Self::task_loss(&leaves, &rho, t)).collect();
+                let values = losses.iter().map(|l| l.double_value(&[])).collect();
+                let n = losses.len() as f64;
+                let down = losses.into_iter().reduce(|a, b| a + b).expect("at least one task") / n;
+                // the reference logit scale is not an input of L_down: only the projections and ρ are differentiated
+                let mut inputs = vec![&leaves[0], &leaves[1]];
+                if rho_learned {
+                    inputs.push(&rho);
+                }
+                let mut dg = Tensor::run_backward(&[&down], &inputs, false, false);
+                let d_rho = if rho_learned { dg.pop().expect("rho gradient") } else { rho.zeros_like() };
+                dg.push(leaves[2].zeros_like());
+                Ok((values, dg, d_rho))
+            },
+        )?;
         let _ng = tch::no_grad_guard();
-        // (iv) v = (∂θ'/∂g) ⊙ ∇_{θ'} L_down
-        let dir: Vec<Tensor> = jac.iter().zip(&dg).map(|(j, d)| j * d).collect();
+        let dir = &down.dir;
         // (v) JVP of the embeddings along v
         let (u0, du) =
             normalize_jvp(&up_image.matmul(&self.params[0].transpose(0, 1)), &up_image.matmul(&dir[0].transpose(0, 1)));
         let (v0, dv) =
             normalize_jvp(&up_text.matmul(&self.params[1].transpose(0, 1)), &up_text.matmul(&dir[1].transpose(0, 1)));
-        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next_params, ms, vs, t), d_rho };
+        let pieces = Pieces { up_loss, grad_norm, grads, down, overflow: false };
         Ok(Lookahead::close(&u0, &du, &v0, &dv, &tau.detach(), &w, pieces))
     }
 
@@ -158,5 +185,17 @@ impl ReferenceState for EmbeddingReference {
     }
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
         (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
+    }
+    fn param_names(&self) -> Vec<String> {
+        ["w_img", "w_txt", "logit_scale"].map(String::from).to_vec()
+    }
+    fn settings(&self) -> RefSettings {
+        self.settings
+    }
+    fn settings_mut(&mut self) -> &mut RefSettings {
+        &mut self.settings
+    }
+    fn logit_scale_index(&self) -> usize {
+        2
     }
 }

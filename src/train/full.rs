@@ -4,10 +4,13 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::adamw::AdamW;
-use super::lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, Pieces, ReferenceState, inner_step};
+use super::lookahead::{
+    Inner, LOGIT_SCALE_RANGE, Lookahead, LossScaler, Pieces, RefSettings, ReferenceState, downstream_direction, unscale,
+};
 use super::loss::weighted_clip_loss;
 use super::optim::ParamAdamW;
 use crate::clip::{Clip, ClipConfig, l2_normalize};
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// A downstream task's batch in full mode: preprocessed images with labels, and one tokenised prompt per class.
@@ -41,7 +44,10 @@ pub struct FullReference {
     pub opt: ParamAdamW,
     /// Adam (no decay) over ρ.
     pub rho_opt: ParamAdamW,
+    /// How it commits and combines tasks.
+    pub settings: RefSettings,
     chunk: Option<i64>,
+    amp: Option<LossScaler>,
 }
 
 impl std::fmt::Debug for FullReference {
@@ -100,7 +106,9 @@ impl FullReference {
             logit_scale,
             rho: rho.set_requires_grad(true),
             rho_opt,
+            settings: RefSettings::default(),
             chunk: None,
+            amp: None,
         })
     }
 
@@ -109,6 +117,16 @@ impl FullReference {
     /// at once, for about one extra forward pass per tower. The result is the same as unchunked. `None`: off.
     pub fn set_chunk(&mut self, rows: Option<usize>) {
         self.chunk = rows.filter(|&r| r > 0).map(|r| r as i64);
+    }
+
+    /// The official `amp` path: the towers run under fp16 autocast on CUDA (their outputs cast to f32, so the
+    /// losses and the lookahead's algebra stay f32), and every backward pass through them is of a loss multiplied
+    /// by the scaler's scale, its gradients divided back and checked: an overflow skips the step and lowers the
+    /// scale. The scaler is updated as the official one is: once per θ′ with the upstream gradient's check,
+    /// once with the downstream gradients', once with the JVP's. Off CUDA autocast does nothing and only the
+    /// scaling applies, which with a power-of-two scale changes no bit (tested). `None`: off (f32 or f64).
+    pub fn set_amp(&mut self, scaler: Option<LossScaler>) {
+        self.amp = scaler;
     }
 
     /// The reference model (at θ).
@@ -124,20 +142,6 @@ impl FullReference {
     /// Parameter names, sorted (the order of the optimiser state).
     pub fn names(&self) -> &[String] {
         &self.names
-    }
-
-    fn downstream_loss(model: &Clip, rho: &Tensor, tasks: &[PixelTaskBatch]) -> Tensor {
-        let mut total: Option<Tensor> = None;
-        for t in tasks {
-            let img = image_embed(model, &t.pixels);
-            let txt = text_embed(model, t.captions.as_ref().unwrap_or(&t.prompts));
-            let ce = super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho);
-            total = Some(match total {
-                None => ce,
-                Some(x) => x + ce,
-            });
-        }
-        total.expect("at least one task") / tasks.len() as f64
     }
 
     /// The exact one-step lookahead (notes §2.5) with the CLIP towers as the reference: upstream images
@@ -162,64 +166,95 @@ impl FullReference {
         let s = s.detach();
         let w = s.softmax(0, s.kind());
         let log_w = s.log_softmax(0, s.kind());
+        let amp = self.amp.is_some();
         // (i) g at θ, keeping the upstream graph for the JVP
-        let u = l2_normalize(&self.model.image_features(pixels));
-        let v = l2_normalize(&self.model.text_features(ids));
+        let u = image_embed(&self.model, pixels, amp);
+        let v = text_embed(&self.model, ids, amp);
         let tau = self.params[self.logit_scale].exp();
         let logits = u.matmul(&v.transpose(0, 1)) * &tau;
         let up = weighted_clip_loss(&logits, &log_w);
         let up_loss = up.double_value(&[]);
-        let grads = Tensor::run_backward(&[&up], &self.params, true, false);
-        let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-        // (ii) θ' and the step's Jacobian
-        let (mut next, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
-        let (lo, hi) = LOGIT_SCALE_RANGE;
-        next[self.logit_scale] = next[self.logit_scale].clamp(lo, hi);
-        // (iii) ∇ L_down at θ' on the shadow model
-        tch::no_grad(|| {
-            for (sp, n) in self.shadow_params.iter_mut().zip(&next) {
-                sp.copy_(n);
-            }
-        });
-        let rho = self.rho.detach().set_requires_grad(true);
-        let down = Self::downstream_loss(&self.shadow, &rho, tasks);
-        let down_loss = down.double_value(&[]);
-        let mut inputs: Vec<&Tensor> =
-            self.shadow_params.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, p)| p).collect();
-        inputs.push(&rho);
-        let mut dg = Tensor::run_backward(&[&down], &inputs, false, false);
-        let d_rho = dg.pop().expect("rho gradient");
-        // (iv) v = (∂θ'/∂g) ⊙ ∇_{θ'} L_down; the reference logit scale's entry is dropped (notes §2.5)
-        let mut dir: Vec<Tensor> = Vec::with_capacity(self.params.len());
-        let mut it = dg.into_iter();
-        for (i, j) in jac.iter().enumerate() {
-            if i == self.logit_scale {
-                dir.push(j.zeros_like());
-            } else {
-                dir.push(j * it.next().expect("one gradient per parameter"));
-            }
+        let sc = scale_of(&self.amp);
+        let (grads, inf) = unscale(Tensor::run_backward(&[&scaled(&up, sc)], &self.params, true, false), sc);
+        let thetas = self.thetas(tasks.len());
+        if inf {
+            self.update_scaler(true, thetas);
+            return Ok(Lookahead::overflowed(&self.params, &self.opt, grads, &s, up_loss));
         }
-        // (v) JVP of (U, V) along v by double backward: J v = ∂/∂r ⟨Jᵀ r, v⟩
+        let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        // (ii)–(iv) θ′ (one, or one per task), ∇L_down there on the shadow model, v = (∂θ′/∂g) ⊙ ∇L_down; the
+        // reference logit scale's entry is dropped (notes §2.5)
+        let ls = self.logit_scale;
+        let rho_learned = self.settings.rho_learned;
+        let (shadow, shadow_params, rho0) = (&self.shadow, &mut self.shadow_params, &self.rho);
+        let scaler = &mut self.amp;
+        let mut down_inf = false;
+        let down = downstream_direction(
+            &self.params,
+            &grads,
+            &self.opt,
+            inner,
+            lr,
+            self.settings.multitask,
+            tasks.len(),
+            |next| {
+                let (lo, hi) = LOGIT_SCALE_RANGE;
+                next[ls] = next[ls].clamp(lo, hi);
+            },
+            |next, range| {
+                tch::no_grad(|| {
+                    for (sp, n) in shadow_params.iter_mut().zip(next) {
+                        sp.copy_(n);
+                    }
+                });
+                let rho = rho0.detach().set_requires_grad(rho_learned);
+                let losses: Vec<Tensor> = tasks[range].iter().map(|t| task_loss(shadow, &rho, t, amp)).collect();
+                let values = losses.iter().map(|l| l.double_value(&[])).collect();
+                let n = losses.len() as f64;
+                let down = losses.into_iter().reduce(|a, b| a + b).expect("at least one task") / n;
+                let mut inputs: Vec<&Tensor> =
+                    shadow_params.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, p)| p).collect();
+                if rho_learned {
+                    inputs.push(&rho);
+                }
+                // the official loop updates its scaler with the upstream check as it computes each θ′
+                if let Some(a) = scaler.as_mut() {
+                    a.update(false);
+                }
+                let sc = scale_of(scaler);
+                let (mut dg, inf) = unscale(Tensor::run_backward(&[&scaled(&down, sc)], &inputs, false, false), sc);
+                down_inf |= inf;
+                let d_rho = if rho_learned { dg.pop().expect("rho gradient") } else { rho.zeros_like() };
+                dg.insert(ls, shadow_params[ls].zeros_like());
+                Ok((values, dg, d_rho))
+            },
+        )?;
+        self.update_scaler(down_inf, 1);
+        let dir = &down.dir;
+        // (v) JVP of (U, V) along v by double backward: J v = ∂/∂r ⟨Jᵀ r, v⟩ (along v × the loss scale, then
+        // divided back)
+        let sc = scale_of(&self.amp);
         let r_u = u.zeros_like().detach().set_requires_grad(true);
         let r_v = v.zeros_like().detach().set_requires_grad(true);
         let dot = (&u * &r_u).sum(u.kind()) + (&v * &r_v).sum(v.kind());
         let inputs: Vec<&Tensor> =
             self.params.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, p)| p).collect();
         let vjp = Tensor::run_backward(&[&dot], &inputs, false, true);
-        let dirs: Vec<&Tensor> =
-            dir.iter().enumerate().filter(|(i, _)| *i != self.logit_scale).map(|(_, d)| d).collect();
+        let dirs: Vec<&Tensor> = dir.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, d)| d).collect();
         let mut inner_prod: Option<Tensor> = None;
         for (g, d) in vjp.iter().zip(dirs) {
-            let term = (g * d).sum(g.kind());
+            let term = (g * scaled(d, sc)).sum(g.kind());
             inner_prod = Some(match inner_prod {
                 None => term,
                 Some(x) => x + term,
             });
         }
-        let jv = Tensor::run_backward(&[inner_prod.expect("parameters")], &[&r_u, &r_v], false, false);
+        let (jv, jvp_inf) =
+            unscale(Tensor::run_backward(&[inner_prod.expect("parameters")], &[&r_u, &r_v], false, false), sc);
+        self.update_scaler(jvp_inf, 1);
         let _ng = tch::no_grad_guard();
         let (u, v, tau) = (u.detach(), v.detach(), tau.detach());
-        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next, ms, vs, t), d_rho };
+        let pieces = Pieces { up_loss, grad_norm, grads, down, overflow: down_inf || jvp_inf };
         Ok(Lookahead::close(&u, &jv[0], &v, &jv[1], &tau, &w, pieces))
     }
 
@@ -244,74 +279,135 @@ impl FullReference {
         let others = |params: &[Tensor]| -> Vec<Tensor> {
             params.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, p)| p.shallow_clone()).collect()
         };
+        let amp = self.amp.is_some();
         // (i) g at θ
         let (u, v) = {
             let m = &self.model;
-            (no_graph(pixels, chunk, |x| image_embed(m, x)), no_graph(ids, chunk, |x| text_embed(m, x)))
+            (no_graph(pixels, chunk, |x| image_embed(m, x, amp)), no_graph(ids, chunk, |x| text_embed(m, x, amp)))
         };
         let ul = u.detach().set_requires_grad(true);
         let vl = v.detach().set_requires_grad(true);
         let tau_leaf = &self.params[ls];
         let up = weighted_clip_loss(&(ul.matmul(&vl.transpose(0, 1)) * tau_leaf.exp()), &log_w);
         let up_loss = up.double_value(&[]);
-        let mut d = Tensor::run_backward(&[&up], &[&ul, &vl, tau_leaf], false, false);
+        // the loss × the scale down to the embeddings, through the towers chunk by chunk, then divided back
+        let sc = scale_of(&self.amp);
+        let mut d = Tensor::run_backward(&[&scaled(&up, sc)], &[&ul, &vl, tau_leaf], false, false);
         let d_tau = d.pop().expect("logit scale gradient");
         let (du_loss, dv_loss) = (&d[0], &d[1]);
         let ps = others(&self.params);
         let mut acc: Vec<Tensor> = ps.iter().map(|p| p.zeros_like()).collect();
-        backprop_chunks(pixels, du_loss, chunk, |x| image_embed(&self.model, x), &ps, &mut acc);
-        backprop_chunks(ids, dv_loss, chunk, |x| text_embed(&self.model, x), &ps, &mut acc);
-        let mut grads = acc;
-        grads.insert(ls, d_tau);
+        backprop_chunks(pixels, du_loss, chunk, |x| image_embed(&self.model, x, amp), &ps, &mut acc);
+        backprop_chunks(ids, dv_loss, chunk, |x| text_embed(&self.model, x, amp), &ps, &mut acc);
+        acc.insert(ls, d_tau);
+        let (grads, inf) = unscale(acc, sc);
+        let thetas = self.thetas(tasks.len());
+        if inf {
+            self.update_scaler(true, thetas);
+            return Ok(Lookahead::overflowed(&self.params, &self.opt, grads, &s, up_loss));
+        }
         let grad_norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-        // (ii) θ' and the step's Jacobian
-        let (mut next, jac, ms, vs, t) = inner_step(&self.params, &grads, &self.opt, inner, lr);
-        let (lo, hi) = LOGIT_SCALE_RANGE;
-        next[ls] = next[ls].clamp(lo, hi);
-        // (iii) ∇ L_down at θ' on the shadow model, through embedding leaves
-        tch::no_grad(|| {
-            for (sp, n) in self.shadow_params.iter_mut().zip(&next) {
-                sp.copy_(n);
-            }
-        });
-        let rho = self.rho.detach().set_requires_grad(true);
-        let mut leaves = Vec::new();
-        let mut total: Option<Tensor> = None;
-        for task in tasks {
-            let sh = &self.shadow;
-            let img = no_graph(&task.pixels, chunk, |x| image_embed(sh, x)).set_requires_grad(true);
-            let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
-            let txt = no_graph(text_in, chunk, |x| text_embed(sh, x)).set_requires_grad(true);
-            let ce = super::loss::downstream_task_loss(&img, &txt, &task.labels, task.captions.is_some(), &rho);
-            total = Some(match total {
-                None => ce,
-                Some(x) => x + ce,
-            });
-            leaves.push((img, txt));
-        }
-        let down = total.expect("at least one task") / tasks.len() as f64;
-        let down_loss = down.double_value(&[]);
-        let mut inputs: Vec<&Tensor> = leaves.iter().flat_map(|(a, b)| [a, b]).collect();
-        inputs.push(&rho);
-        let mut dl = Tensor::run_backward(&[&down], &inputs, false, false);
-        let d_rho = dl.pop().expect("rho gradient");
-        let sps = others(&self.shadow_params);
-        let mut dg: Vec<Tensor> = sps.iter().map(|p| p.zeros_like()).collect();
-        for (k, task) in tasks.iter().enumerate() {
-            let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
-            backprop_chunks(&task.pixels, &dl[2 * k], chunk, |x| image_embed(&self.shadow, x), &sps, &mut dg);
-            backprop_chunks(text_in, &dl[2 * k + 1], chunk, |x| text_embed(&self.shadow, x), &sps, &mut dg);
-        }
-        // (iv) v = (∂θ'/∂g) ⊙ ∇_{θ'} L_down, the reference logit scale's entry dropped
-        let jac_others = others(&jac);
-        let dir: Vec<Tensor> = jac_others.iter().zip(&dg).map(|(j, g)| j * g).collect();
-        // (v) the JVP of (U, V) along v, chunk by chunk, by double backward
-        let du = jvp_chunks(pixels, chunk, |x| image_embed(&self.model, x), &ps, &dir);
-        let dv = jvp_chunks(ids, chunk, |x| text_embed(&self.model, x), &ps, &dir);
+        // (ii)–(iv) θ′ (one, or one per task), ∇L_down there on the shadow model through embedding leaves, and
+        // v = (∂θ′/∂g) ⊙ ∇L_down, the reference logit scale's entry dropped
+        let rho_learned = self.settings.rho_learned;
+        let (shadow, shadow_params, rho0) = (&self.shadow, &mut self.shadow_params, &self.rho);
+        let scaler = &mut self.amp;
+        let mut down_inf = false;
+        let down = downstream_direction(
+            &self.params,
+            &grads,
+            &self.opt,
+            inner,
+            lr,
+            self.settings.multitask,
+            tasks.len(),
+            |next| {
+                let (lo, hi) = LOGIT_SCALE_RANGE;
+                next[ls] = next[ls].clamp(lo, hi);
+            },
+            |next, range| {
+                tch::no_grad(|| {
+                    for (sp, n) in shadow_params.iter_mut().zip(next) {
+                        sp.copy_(n);
+                    }
+                });
+                if let Some(a) = scaler.as_mut() {
+                    a.update(false);
+                }
+                let sc = scale_of(scaler);
+                let tasks = &tasks[range];
+                let rho = rho0.detach().set_requires_grad(rho_learned);
+                let mut leaves = Vec::new();
+                let mut losses = Vec::new();
+                for task in tasks {
+                    let img = no_graph(&task.pixels, chunk, |x| image_embed(shadow, x, amp)).set_requires_grad(true);
+                    let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
+                    let txt = no_graph(text_in, chunk, |x| text_embed(shadow, x, amp)).set_requires_grad(true);
+                    losses.push(super::loss::downstream_task_loss(
+                        &img,
+                        &txt,
+                        &task.labels,
+                        task.captions.is_some(),
+                        &rho,
+                    ));
+                    leaves.push((img, txt));
+                }
+                let values = losses.iter().map(|l| l.double_value(&[])).collect();
+                let n = losses.len() as f64;
+                let down = losses.into_iter().reduce(|a, b| a + b).expect("at least one task") / n;
+                let mut inputs: Vec<&Tensor> = leaves.iter().flat_map(|(a, b)| [a, b]).collect();
+                if rho_learned {
+                    inputs.push(&rho);
+                }
+                let mut dl = Tensor::run_backward(&[&scaled(&down, sc)], &inputs, false, false);
+                let d_rho = if rho_learned { dl.pop().expect("rho gradient") } else { rho.zeros_like() };
+                let sps = others(shadow_params);
+                let mut dg: Vec<Tensor> = sps.iter().map(|p| p.zeros_like()).collect();
+                for (k, task) in tasks.iter().enumerate() {
+                    let text_in = task.captions.as_ref().unwrap_or(&task.prompts);
+                    let (img, txt) = (&dl[2 * k], &dl[2 * k + 1]);
+                    backprop_chunks(&task.pixels, img, chunk, |x| image_embed(shadow, x, amp), &sps, &mut dg);
+                    backprop_chunks(text_in, txt, chunk, |x| text_embed(shadow, x, amp), &sps, &mut dg);
+                }
+                dg.push(d_rho);
+                let (mut dg, inf) = unscale(dg, sc);
+                down_inf |= inf;
+                let d_rho = dg.pop().expect("rho gradient");
+                dg.insert(ls, shadow_params[ls].zeros_like());
+                Ok((values, dg, d_rho))
+            },
+        )?;
+        self.update_scaler(down_inf, 1);
+        // (v) the JVP of (U, V) along v, chunk by chunk, by double backward (along v × the loss scale, then
+        // divided back)
+        let sc = scale_of(&self.amp);
+        let dir: Vec<Tensor> = others(&down.dir).iter().map(|d| scaled(d, sc)).collect();
+        let du = jvp_chunks(pixels, chunk, |x| image_embed(&self.model, x, amp), &ps, &dir);
+        let dv = jvp_chunks(ids, chunk, |x| text_embed(&self.model, x, amp), &ps, &dir);
+        let (jv, jvp_inf) = unscale(vec![du, dv], sc);
+        self.update_scaler(jvp_inf, 1);
+        let (du, dv) = (&jv[0], &jv[1]);
         let _ng = tch::no_grad_guard();
         let tau = self.params[ls].detach().exp();
-        let pieces = Pieces { up_loss, down_loss, grad_norm, next: (next, ms, vs, t), d_rho };
-        Ok(Lookahead::close(&u, &du, &v, &dv, &tau, &w, pieces))
+        let pieces = Pieces { up_loss, grad_norm, grads, down, overflow: down_inf || jvp_inf };
+        Ok(Lookahead::close(&u, du, &v, dv, &tau, &w, pieces))
+    }
+
+    /// How many θ′ a lookahead computes: one, or one per task ([`super::Multitask::Official`]).
+    fn thetas(&self, tasks: usize) -> usize {
+        match self.settings.multitask {
+            super::Multitask::Mean => 1,
+            super::Multitask::Official => tasks,
+        }
+    }
+
+    /// `n` updates of the loss scaler (if any) with the same check.
+    fn update_scaler(&mut self, found_inf: bool, n: usize) {
+        if let Some(a) = self.amp.as_mut() {
+            for _ in 0..n {
+                a.update(found_inf);
+            }
+        }
     }
 
     /// Commits a lookahead: θ ← θ', the moments, and one Adam step of ρ at `lr`.
@@ -324,24 +420,24 @@ impl FullReference {
         let ls = self.logit_scale;
         let (value, grads) = match self.chunk {
             None => {
-                let u = l2_normalize(&self.model.image_features(pixels));
-                let v = l2_normalize(&self.model.text_features(ids));
+                let u = image_embed(&self.model, pixels, false);
+                let v = text_embed(&self.model, ids, false);
                 let loss = super::loss::clip_loss(&(u.matmul(&v.transpose(0, 1)) * self.params[ls].exp()));
                 (loss.double_value(&[]), Tensor::run_backward(&[&loss], &self.params, false, false))
             }
             Some(chunk) => {
                 // gradient caching, as in the chunked lookahead
                 let m = &self.model;
-                let u = no_graph(pixels, chunk, |x| image_embed(m, x)).set_requires_grad(true);
-                let v = no_graph(ids, chunk, |x| text_embed(m, x)).set_requires_grad(true);
+                let u = no_graph(pixels, chunk, |x| image_embed(m, x, false)).set_requires_grad(true);
+                let v = no_graph(ids, chunk, |x| text_embed(m, x, false)).set_requires_grad(true);
                 let loss = super::loss::clip_loss(&(u.matmul(&v.transpose(0, 1)) * self.params[ls].exp()));
                 let mut d = Tensor::run_backward(&[&loss], &[&u, &v, &self.params[ls]], false, false);
                 let d_tau = d.pop().expect("logit scale gradient");
                 let ps: Vec<Tensor> =
                     self.params.iter().enumerate().filter(|(i, _)| *i != ls).map(|(_, p)| p.shallow_clone()).collect();
                 let mut acc: Vec<Tensor> = ps.iter().map(|p| p.zeros_like()).collect();
-                backprop_chunks(pixels, &d[0], chunk, |x| image_embed(m, x), &ps, &mut acc);
-                backprop_chunks(ids, &d[1], chunk, |x| text_embed(m, x), &ps, &mut acc);
+                backprop_chunks(pixels, &d[0], chunk, |x| image_embed(m, x, false), &ps, &mut acc);
+                backprop_chunks(ids, &d[1], chunk, |x| text_embed(m, x, false), &ps, &mut acc);
                 acc.insert(ls, d_tau);
                 (loss.double_value(&[]), acc)
             }
@@ -369,6 +465,26 @@ impl ReferenceState for FullReference {
     fn parts_mut(&mut self) -> (&mut [Tensor], &mut Tensor, &mut ParamAdamW, &mut ParamAdamW) {
         (&mut self.params, &mut self.rho, &mut self.opt, &mut self.rho_opt)
     }
+    fn param_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+    fn settings(&self) -> RefSettings {
+        self.settings
+    }
+    fn settings_mut(&mut self) -> &mut RefSettings {
+        &mut self.settings
+    }
+    fn logit_scale_index(&self) -> usize {
+        self.logit_scale
+    }
+    fn scaler(&self) -> Option<LossScaler> {
+        self.amp
+    }
+    fn set_scaler(&mut self, scaler: Option<LossScaler>) {
+        if self.amp.is_some() {
+            self.amp = scaler;
+        }
+    }
 }
 
 /// The upstream pool in full mode: preprocessed images (`crop × crop × 3` bytes each, decoded once), caption
@@ -377,6 +493,9 @@ impl ReferenceState for FullReference {
 pub struct FullPool {
     /// Preprocessed images, HWC bytes.
     pub images: Vec<Vec<u8>>,
+    /// The images as read (encoded), aligned with `images`: with [`super::FlytConfig::augment`], each step
+    /// crops these at random instead of using `images`.
+    pub sources: Option<Vec<Vec<u8>>>,
     /// Caption token ids.
     pub ids: Tensor,
     /// Scoring features.
@@ -389,6 +508,8 @@ pub struct FullPool {
 pub struct FullTask {
     /// Preprocessed images, HWC bytes.
     pub images: Vec<Vec<u8>>,
+    /// The images as read (encoded), for augmentation (see [`FullPool::sources`]).
+    pub sources: Option<Vec<Vec<u8>>>,
     /// Labels in `0..C`.
     pub labels: Vec<i64>,
     /// `C × T × L` prompt token ids.
@@ -408,52 +529,66 @@ pub fn train_flyt_full(
     config: &super::FlytConfig,
     mut on_step: impl FnMut(&super::StepLog) -> Result<bool>,
 ) -> Result<()> {
-    use super::trainer::{check_inputs, draw, finish_step, step_rng};
+    use super::trainer::{StepBatches, TaskShape, check_inputs, finish_step, reference_lr};
     let p = pool.images.len();
     let shapes: Vec<(usize, Vec<i64>)> = tasks.iter().map(|t| (t.images.len(), t.prompts.size())).collect();
     check_inputs(p, &shapes, config)?;
+    let task_shapes: Vec<TaskShape> = shapes.iter().map(|(m, pr)| (*m, pr[0] as usize, pr[1] as usize)).collect();
     let crop = state.reference.model.config().vision_config.image_size as usize;
     let device = state.reference.rho.device();
     let kind = state.reference.rho.kind();
-    let pixels = |images: &[&Vec<u8>]| -> Tensor {
-        let owned: Vec<Vec<u8>> = images.iter().map(|v| (*v).clone()).collect();
+    // Each row's pixels: its preprocessed image, or with augmentation a random resized crop of the image as read
+    // (the draws seeded by (seed, step), in batch order).
+    let pixels = |images: &[Vec<u8>], sources: Option<&Vec<Vec<u8>>>, idx: &[i64], rng: &mut SplitMix64| -> Tensor {
+        let owned: Vec<Vec<u8>> = idx
+            .iter()
+            .map(|&i| {
+                let i = i as usize;
+                match (&config.augment, sources.and_then(|s| s.get(i))) {
+                    (Some(a), Some(bytes)) => match crate::clip::preprocess::decode_rgb(bytes) {
+                        Ok(img) => crate::clip::preprocess::random_resized_crop(&img, crop, a.scale, a.ratio, rng),
+                        Err(_) => images[i].clone(),
+                    },
+                    _ => images[i].clone(),
+                }
+            })
+            .collect();
         crate::clip::preprocess::to_pixels(&owned, crop).to_device(device).to_kind(kind)
     };
     let rows =
         |t: &Tensor, idx: &[i64]| t.index_select(0, &Tensor::from_slice(idx).to_device(t.device())).to_device(device);
-    let mut params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+    let (names, mut params): (Vec<String>, Vec<Tensor>) = model.named_parameters().into_iter().unzip();
     while state.step < config.steps {
         let step = state.step;
-        let mut rng = step_rng(config.seed, step);
-        let idx = draw(&mut rng, p, config.batch);
-        let px = pixels(&idx.iter().map(|&i| &pool.images[i as usize]).collect::<Vec<_>>());
-        let (ids, feat) = (rows(&pool.ids, &idx), rows(&pool.features, &idx));
+        let b = StepBatches::for_step(config, step, p, &task_shapes)?;
+        let mut aug = SplitMix64::new(config.seed ^ 0xa06e_e17d ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let px = pixels(&pool.images, pool.sources.as_ref(), &b.upstream, &mut aug);
+        let (ids, feat) = (rows(&pool.ids, &b.upstream), rows(&pool.features, &b.upstream));
         let batches: Vec<PixelTaskBatch> = tasks
             .iter()
-            .map(|t| {
-                let di = draw(&mut rng, t.images.len(), config.down_batch);
-                let (c, nt) = (t.prompts.size()[0], t.prompts.size()[1]);
-                let tmpl: Vec<i64> = (0..c).map(|_| rng.below(nt as u64) as i64).collect();
+            .zip(&b.tasks)
+            .map(|(t, tb)| {
+                let c = t.prompts.size()[0];
                 let prompts = t
                     .prompts
                     .index(&[
                         Some(Tensor::arange(c, (Kind::Int64, t.prompts.device()))),
-                        Some(Tensor::from_slice(&tmpl)),
+                        Some(Tensor::from_slice(&tb.templates)),
                     ])
                     .to_device(device);
                 PixelTaskBatch {
-                    pixels: pixels(&di.iter().map(|&i| &t.images[i as usize]).collect::<Vec<_>>()),
-                    labels: Tensor::from_slice(&di.iter().map(|&i| t.labels[i as usize]).collect::<Vec<_>>())
+                    pixels: pixels(&t.images, t.sources.as_ref(), &tb.rows, &mut aug),
+                    labels: Tensor::from_slice(&tb.rows.iter().map(|&i| t.labels[i as usize]).collect::<Vec<_>>())
                         .to_device(device),
                     prompts,
-                    captions: t.captions.as_ref().map(|c| rows(c, &di)),
+                    captions: t.captions.as_ref().map(|c| rows(c, &tb.rows)),
                 }
             })
             .collect();
-        let ref_lr = super::cosine_lr(config.ref_lr, step, config.warmup, config.steps);
+        let ref_lr = reference_lr(&state.reference, config, step);
         let s = model.forward(&feat);
         let look = state.reference.lookahead(&s, &px, &ids, &batches, config.inner, ref_lr)?;
-        let log = finish_step(state, &mut params, &s, look, config, ref_lr);
+        let log = finish_step(state, &names, &mut params, &s, look, config, ref_lr, &b)?;
         if !on_step(&log)? {
             break;
         }
@@ -461,12 +596,38 @@ pub fn train_flyt_full(
     Ok(())
 }
 
-fn image_embed(model: &Clip, x: &Tensor) -> Tensor {
-    l2_normalize(&model.image_features(x))
+/// One task's downstream loss on `model`.
+fn task_loss(model: &Clip, rho: &Tensor, t: &PixelTaskBatch, amp: bool) -> Tensor {
+    let img = image_embed(model, &t.pixels, amp);
+    let txt = text_embed(model, t.captions.as_ref().unwrap_or(&t.prompts), amp);
+    super::loss::downstream_task_loss(&img, &txt, &t.labels, t.captions.is_some(), rho)
 }
 
-fn text_embed(model: &Clip, x: &Tensor) -> Tensor {
-    l2_normalize(&model.text_features(x))
+/// `f` (a tower's forward pass) under fp16 autocast with `amp` (on CUDA; elsewhere autocast does nothing), its
+/// output cast to f32 so that what follows stays f32.
+fn towers(amp: bool, f: impl FnOnce() -> Tensor) -> Tensor {
+    if amp { tch::autocast(true, f).to_kind(Kind::Float) } else { f() }
+}
+
+fn image_embed(model: &Clip, x: &Tensor, amp: bool) -> Tensor {
+    l2_normalize(&towers(amp, || model.image_features(x)))
+}
+
+fn text_embed(model: &Clip, x: &Tensor, amp: bool) -> Tensor {
+    l2_normalize(&towers(amp, || model.text_features(x)))
+}
+
+/// The loss scale to multiply by, if scaling.
+fn scale_of(scaler: &Option<LossScaler>) -> Option<f64> {
+    scaler.map(|a| a.scale)
+}
+
+/// `x` × the scale (unchanged without one).
+fn scaled(x: &Tensor, sc: Option<f64>) -> Tensor {
+    match sc {
+        Some(v) => x * v,
+        None => x.shallow_clone(),
+    }
 }
 
 /// f over the rows of `x` in chunks, without a graph.

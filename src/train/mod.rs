@@ -23,9 +23,12 @@ pub use adamw::AdamW;
 pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
 pub use embedding::{DownstreamBatch, EmbeddingReference};
 pub use full::{FullPool, FullReference, FullTask, PixelTaskBatch, train_flyt_full};
-pub use lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, ReferenceState};
+pub use lookahead::{Inner, LOGIT_SCALE_RANGE, Lookahead, LossScaler, Multitask, RefSettings, ReferenceState};
 pub use loss::{clip_loss, weighted_clip_loss};
 pub use models::{GluHead, Mixer};
 pub use optim::{ParamAdamW, cosine_lr};
 pub use scorer::{CheckpointInfo, FlytScorer, MixWeights, ModelKind};
-pub use trainer::{DownstreamTask, FlytConfig, FlytState, ScoringModel, StepLog, UpstreamPool, train_flyt};
+pub use trainer::{
+    Augment, BatchPlan, DownstreamTask, FlytConfig, FlytState, ScoringModel, StepBatches, StepLog, TaskBatch,
+    TaskShape, TraceSpec, UpstreamPool, train_flyt,
+};

@@ -13,14 +13,23 @@ pub struct GluHead {
     dim: i64,
 }
 
+/// A linear layer initialised as PyTorch's `nn.Linear` is: weights and biases uniform in ±1/√fan_in
+/// (`kaiming_uniform_(a=√5)`; tch's own default is Kaiming-uniform with the ReLU gain, √6 ≈ 2.45× wider).
+fn torch_linear(vs: nn::Path, fan_in: i64, out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(vs, fan_in, out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
 impl GluHead {
-    /// A head for `dim`-d embeddings with PyTorch's default Linear initialisation.
+    /// A head for `dim`-d embeddings, initialised as the official code's `nn.Linear` layers are (PyTorch's
+    /// default: uniform in ±1/√fan_in, weights and biases).
     pub fn new(vs: &nn::Path, dim: i64) -> Self {
         let h = 2 * dim;
         Self {
-            w1: nn::linear(vs / "w1", 2 * dim, h, Default::default()),
-            w3: nn::linear(vs / "w3", 2 * dim, h, Default::default()),
-            w2: nn::linear(vs / "w2", h, 1, Default::default()),
+            w1: torch_linear(vs / "w1", 2 * dim, h),
+            w3: torch_linear(vs / "w3", 2 * dim, h),
+            w2: torch_linear(vs / "w2", h, 1),
             dim,
         }
     }
@@ -74,8 +83,9 @@ impl GluHead {
     }
 }
 
-/// M-FLYT's mixer: one linear layer with bias over K per-method scores, each z-scored with the pool statistics
-/// stored in the model (`mean`, `std`, not trained).
+/// M-FLYT's mixer: one linear layer with bias over K per-method scores, as the official `MixingModel`
+/// (`Linear(K, 1)`, PyTorch's default init, raw inputs), or with each input z-scored with pool statistics stored
+/// in the model (`mean`, `std`, not trained; [`Mixer::set_stats`]) and zero init ([`Mixer::zero_init`]).
 #[derive(Debug)]
 pub struct Mixer {
     linear: nn::Linear,
@@ -84,10 +94,11 @@ pub struct Mixer {
 }
 
 impl Mixer {
-    /// A mixer over `k` inputs (mean 0, std 1 until [`Mixer::set_stats`]).
+    /// A mixer over `k` raw inputs (mean 0, std 1 until [`Mixer::set_stats`]), initialised as PyTorch's
+    /// `nn.Linear(k, 1)` is (uniform in ±1/√k).
     pub fn new(vs: &nn::Path, k: i64) -> Self {
         Self {
-            linear: nn::linear(vs / "linear", k, 1, Default::default()),
+            linear: torch_linear(vs / "linear", k, 1),
             mean: vs.zeros_no_train("mean", &[k]),
             std: vs.ones_no_train("std", &[k]),
         }
@@ -128,7 +139,7 @@ impl Mixer {
     }
 
     /// Starts from zero weights and bias (every example scores the same: uniform upstream weights) instead of
-    /// PyTorch's random default, so no input starts with an arbitrary sign.
+    /// PyTorch's random default, so no input starts with an arbitrary sign (the z-scored variant).
     pub fn zero_init(&mut self) {
         let _g = tch::no_grad_guard();
         let _ = self.linear.ws.zero_();

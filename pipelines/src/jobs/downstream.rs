@@ -15,10 +15,16 @@ use crate::{Context, Error, Result};
 pub struct DownstreamConfig {
     /// The frozen CLIP (a Hugging Face folder) whose embeddings the pool uses.
     pub model: PathBuf,
-    /// Class names, one per line (DataComp's `classnames.txt`); line i is label i.
-    pub classnames: PathBuf,
-    /// Prompt templates, one per line with `{c}` for the class name; default: "a photo of a {c}.".
+    /// Class names, one per line (DataComp's `classnames.txt`); line i is label i. Default: the DataComp task's,
+    /// with `task` and `datacomp_eval_dir`.
+    pub classnames: Option<PathBuf>,
+    /// Prompt templates, one per line with `{c}` for the class name; default: the DataComp task's (with `task`
+    /// and `datacomp_eval_dir`), else "a photo of a {c}.".
     pub templates: Option<PathBuf>,
+    /// The DataComp task these shards are (`imagenet`, `cifar10`, ...: the official code's names).
+    pub task: Option<String>,
+    /// DataComp's evaluation directory, holding each task's class names and templates.
+    pub datacomp_eval_dir: Option<PathBuf>,
     /// The output `.npz`.
     pub out: PathBuf,
     /// Also store the samples' caption embeddings (`captions`): `flyt train` then uses the downstream CLIP loss
@@ -78,11 +84,31 @@ pub(crate) fn templates(path: Option<&Path>) -> Result<Vec<String>> {
 /// Embeds the labelled shards and the class prompts.
 pub fn downstream(cfg: &DownstreamConfig) -> Result<DownstreamReport> {
     let device = cfg.device.resolve()?;
-    let classes = lines(&cfg.classnames)?;
+    let known = match (&cfg.task, &cfg.datacomp_eval_dir) {
+        (Some(t), Some(dir)) => Some(flyt::datacomp_task_files(dir, t).ok_or_else(|| {
+            Error::Config(format!(
+                "--task {t:?} is not a DataComp task the official code knows (known: {})",
+                flyt::DATACOMP_TASKS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))
+        })?),
+        (Some(_), None) => return Err(Error::Config("--task needs --datacomp-eval-dir (its files are there)".into())),
+        _ => None,
+    };
+    let classnames = match (&cfg.classnames, &known) {
+        (Some(c), _) => c.clone(),
+        (None, Some((c, _))) => c.clone(),
+        (None, None) => {
+            return Err(Error::Config(
+                "give the class names: --classnames FILE, or --task with --datacomp-eval-dir".into(),
+            ));
+        }
+    };
+    let classes = lines(&classnames)?;
     if classes.is_empty() {
-        return Err(Error::Config(format!("{}: no class names", cfg.classnames.display())));
+        return Err(Error::Config(format!("{}: no class names", classnames.display())));
     }
-    let templates = templates(cfg.templates.as_deref())?;
+    let template_file = cfg.templates.clone().or(known.map(|(_, t)| t));
+    let templates = templates(template_file.as_deref())?;
     let embedder =
         Embedder::load(&cfg.model, EmbedderConfig { batch_size: cfg.batch_size, device, ..Default::default() })
             .context_with(|| format!("loading the CLIP model {}", cfg.model.display()))?;
@@ -108,7 +134,7 @@ pub fn downstream(cfg: &DownstreamConfig) -> Result<DownstreamReport> {
                             shard.display(),
                             s.key,
                             s.label,
-                            cfg.classnames.display()
+                            classnames.display()
                         ));
                     }
                 },

@@ -21,7 +21,9 @@ pub use inspect::{InspectConfig, InspectReport, inspect};
 pub use sample::{SampleConfig, SampleMethod, SampleReport, sample};
 pub use score::{ScoreConfig, ScoreReport, score};
 pub use scores::{FilterConfig, FilterMethod, FilterReport, PoolInputs, ScoresConfig, ScoresReport, filter, scores};
-pub use train::{ReferenceMode, TrainConfig, TrainReport, train};
+pub use train::{
+    DOWNSTREAM_LOGIT_SCALE, MixerInputs, OPENAI_LOGIT_SCALE, ReferenceMode, TrainConfig, TrainReport, train,
+};
 
 use std::path::{Path, PathBuf};
 

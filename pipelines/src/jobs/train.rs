@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use flyt::clip::l2_normalize;
 use flyt::train::{
-    DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Mixer, ModelKind, ParamAdamW, ReferenceState,
-    ScoringModel, StepLog, UpstreamPool, load_checkpoint, save_checkpoint, train_flyt,
+    Augment, BatchPlan, DownstreamTask, EmbeddingReference, FlytConfig, FlytState, GluHead, Mixer, ModelKind,
+    Multitask, ParamAdamW, ReferenceState, ScoringModel, StepLog, TraceSpec, UpstreamPool, load_checkpoint,
+    save_checkpoint, train_flyt,
 };
 use flyt::{DeviceSpec, PoolEmbeddings, Uid};
 use serde_json::json;
@@ -49,14 +51,27 @@ pub struct TrainConfig {
     pub shards: Vec<PathBuf>,
     /// Full mode: labelled downstream shards (one task each).
     pub down_shards: Vec<PathBuf>,
-    /// Full mode: class names, one file per `down_shards`.
+    /// Full mode: class names, one file per `down_shards` (or from `datacomp_eval_dir` for a known task).
     pub classnames: Vec<PathBuf>,
-    /// Full mode: prompt templates with `{c}` (default "a photo of a {c}.").
-    pub templates: Option<PathBuf>,
+    /// Full mode: prompt templates with `{c}`, one file per task or one for all (default: DataComp's for a known
+    /// task, with `datacomp_eval_dir`; else "a photo of a {c}.").
+    pub templates: Vec<PathBuf>,
+    /// Full mode: the DataComp task each `down_shards` is (`imagenet`, `cifar10`, ...: the official code's names),
+    /// whose class names and templates `datacomp_eval_dir` holds.
+    pub down_tasks: Vec<String>,
+    /// DataComp's evaluation directory (`wds_<task>_test/classnames.txt`, `…/zeroshot_classification_templates.txt`).
+    pub datacomp_eval_dir: Option<PathBuf>,
     /// Full mode: run the towers on at most this many examples at a time (gradient caching).
     pub chunk: Option<usize>,
-    /// Embedding mode: the pool's `.npz` prefix (default: l14, else b32, else the only pair).
+    /// Embedding mode: the pool's `.npz` prefix (default: `b32`, the official scorer's OpenAI ViT-B/32 features,
+    /// when the pool has it; else l14, else the only pair).
     pub embeddings: Option<String>,
+    /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from, whose logit scale
+    /// starts the reference (default: the curation's model when the pool is a `flyt curate` output's
+    /// `embeddings/`; else OpenAI CLIP's, ln 100, which DataComp's embeddings come from).
+    pub clip: Option<PathBuf>,
+    /// Embedding mode: the reference's starting logit scale (log τ), instead of the frozen CLIP's.
+    pub ref_logit_scale: Option<f64>,
     /// Embedding mode: downstream task `.npz` files (`flyt downstream`).
     pub downstream: Vec<PathBuf>,
     /// M-FLYT: parquet files with `uid` and score columns, joined on uid.
@@ -73,6 +88,36 @@ pub struct TrainConfig {
     pub ref_dim: Option<i64>,
     /// FLYT: start the head at s ≈ cos(u, t) (notes §2.1).
     pub cos_sim_init: bool,
+    /// M-FLYT: the mixer's inputs — raw scores with PyTorch's random init (the official `MixingModel`), or
+    /// z-scored with zero init.
+    pub mixer_inputs: MixerInputs,
+    /// How several downstream tasks combine (flyt's mean of one θ′, or the official code's θ′ per task).
+    pub multitask: Multitask,
+    /// Keep the reference at its start (the official script without `--update_reference_model`).
+    pub freeze_reference: bool,
+    /// The downstream logit scale: learned from this log-scale (the authors' README: 2.65926 = ln(1/0.07)), or
+    /// `None`, none (a scale of 1).
+    pub downstream_logit_scale: Option<f64>,
+    /// Full mode: RandomResizedCrop(scale (0.9, 1.0)) of the upstream and downstream images each step, as the
+    /// official training transform.
+    pub augment: bool,
+    /// Initial weights under the official code's names (`glu_model.layers.0.*` for a head, `layers.0.*` for a
+    /// mixer, the reference's open_clip names — `w_img`, `w_txt`, `logit_scale` in embedding mode — and
+    /// `downstream_logit_scale`), so two implementations start from the same point.
+    pub init: Option<PathBuf>,
+    /// Explicit batches (a [`flyt::train::BatchPlan`] file, or a trace directory) instead of the seeded draws.
+    pub batches: Option<PathBuf>,
+    /// Write the traced steps' intermediates here (see [`flyt::train::TraceSpec`]).
+    pub trace: Option<PathBuf>,
+    /// The steps to trace.
+    pub trace_steps: Vec<usize>,
+    /// Run every step in f64 (the head, the reference, the embeddings).
+    pub f64: bool,
+    /// Full mode on CUDA: the official `amp` path — the towers under fp16 autocast, the losses scaled by a
+    /// dynamic loss scaler starting at `scaler_scale` ([`flyt::train::FullReference::set_amp`]).
+    pub amp: bool,
+    /// The loss scaler's start (the official `--scaler_scale`: 1024).
+    pub scaler_scale: f64,
     /// A checkpoint every N steps (and at the end).
     pub checkpoint_every: usize,
     /// Stop (with a checkpoint) after this many steps of this invocation.
@@ -91,9 +136,13 @@ impl Default for TrainConfig {
             shards: Vec::new(),
             down_shards: Vec::new(),
             classnames: Vec::new(),
-            templates: None,
+            templates: Vec::new(),
+            down_tasks: Vec::new(),
+            datacomp_eval_dir: None,
             chunk: None,
             embeddings: None,
+            clip: None,
+            ref_logit_scale: None,
             downstream: Vec::new(),
             scores: Vec::new(),
             columns: Vec::new(),
@@ -102,9 +151,47 @@ impl Default for TrainConfig {
             training: FlytConfig::default(),
             ref_dim: None,
             cos_sim_init: false,
+            mixer_inputs: MixerInputs::Raw,
+            multitask: Multitask::Mean,
+            freeze_reference: false,
+            downstream_logit_scale: Some(DOWNSTREAM_LOGIT_SCALE),
+            augment: true,
+            init: None,
+            batches: None,
+            trace: None,
+            trace_steps: Vec::new(),
+            f64: false,
+            amp: false,
+            scaler_scale: 1024.0,
             checkpoint_every: 500,
             stop_after: None,
             device: DeviceSpec::Auto,
+        }
+    }
+}
+
+/// The downstream logit scale the authors' README command starts from: ln(1/0.07).
+pub const DOWNSTREAM_LOGIT_SCALE: f64 = 2.65926;
+
+/// OpenAI CLIP's logit scale, ln 100: the reference's start when nothing names the frozen CLIP (DataComp's
+/// embeddings are OpenAI's).
+pub const OPENAI_LOGIT_SCALE: f64 = 4.605_170_185_988_091;
+
+/// M-FLYT's mixer inputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MixerInputs {
+    /// The raw per-method scores, PyTorch's default init (the official `MixingModel`).
+    #[default]
+    Raw,
+    /// Each score z-scored with the pool's statistics (stored with the mixer), zero init.
+    Zscore,
+}
+
+impl MixerInputs {
+    fn name(self) -> &'static str {
+        match self {
+            MixerInputs::Raw => "raw",
+            MixerInputs::Zscore => "zscore",
         }
     }
 }
@@ -128,7 +215,8 @@ pub struct TrainReport {
     pub losses: PathBuf,
     /// The loss curve (PNG, or SVG without a font).
     pub plot: PathBuf,
-    /// Samples left out (full mode), and lines worth telling (resumed at step N).
+    /// Samples left out (full mode), and lines worth telling (resumed at step N, where the reference's logit
+    /// scale came from).
     pub notes: Vec<String>,
 }
 
@@ -188,14 +276,17 @@ impl Model {
     }
 }
 
-/// The head a new run trains: M-FLYT's mixer (z-scored with `features`' statistics, zero weights) or FLYT's
-/// SwiGLU head over `dim`-d embeddings (seeded, optionally cos-sim initialised).
+/// The head a new run trains: M-FLYT's mixer (raw inputs with PyTorch's init, or z-scored with `features`'
+/// statistics and zero weights) or FLYT's SwiGLU head over `dim`-d embeddings (seeded, PyTorch's init or cos-sim).
 fn scoring_model(c: &TrainConfig, features: &Tensor, dim: usize, vs: &tch::nn::VarStore) -> Model {
     match c.kind {
         ModelKind::Mflyt => {
+            tch::manual_seed(c.training.seed as i64);
             let mut m = Mixer::new(&vs.root(), (c.columns.len() as i64).max(1));
-            m.set_stats(features);
-            m.zero_init();
+            if c.mixer_inputs == MixerInputs::Zscore {
+                m.set_stats(features);
+                m.zero_init();
+            }
             Model::Mix(m)
         }
         ModelKind::Flyt => {
@@ -209,9 +300,164 @@ fn scoring_model(c: &TrainConfig, features: &Tensor, dim: usize, vs: &tch::nn::V
     }
 }
 
+/// The pool's embeddings: the prefix asked for; else `b32` when the pool has it (the official scorer's OpenAI
+/// ViT-B/32 features); else [`flyt::pick_prefix`]'s.
+fn flyt_prefix(dir: &Path, asked: Option<&str>) -> Result<PoolEmbeddings> {
+    if let Some(p) = asked {
+        return Ok(PoolEmbeddings::Prefix(p.to_string()));
+    }
+    let files = super::pool_files(dir)?;
+    let keys: Vec<String> = flyt::read_npz(files[0].with_extension("npz"))?.into_keys().collect();
+    if keys.iter().any(|k| k == "b32_img") && keys.iter().any(|k| k == "b32_txt") {
+        return Ok(PoolEmbeddings::Prefix("b32".into()));
+    }
+    Ok(PoolEmbeddings::Auto)
+}
+
+/// The reference's starting logit scale (log τ) in embedding mode, and where it came from: `ref_logit_scale`;
+/// else the frozen CLIP's (`clip`, or the model of the curation whose `embeddings/` the pool is); else OpenAI
+/// CLIP's, ln 100.
+fn reference_logit_scale(c: &TrainConfig, pool_dir: &Path) -> Result<(f64, String)> {
+    if let Some(x) = c.ref_logit_scale {
+        return Ok((x, "--ref-logit-scale".into()));
+    }
+    let from_manifest = || -> Option<PathBuf> {
+        let m = pool_dir.parent()?.join("manifest.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(m).ok()?).ok()?;
+        let model = PathBuf::from(v["config"]["embed"]["model"].as_str()?);
+        model.join("model.safetensors").exists().then_some(model)
+    };
+    match c.clip.clone().or_else(from_manifest) {
+        Some(clip) => Ok((flyt::clip::read_logit_scale(&clip)?, format!("the frozen CLIP {}", clip.display()))),
+        None => Ok((OPENAI_LOGIT_SCALE, "OpenAI CLIP's, ln 100 (no --clip names the frozen CLIP)".into())),
+    }
+}
+
+/// Applies the run's reference settings: how tasks combine, frozen or not, the downstream logit scale.
+fn configure<R: ReferenceState>(reference: &mut R, c: &TrainConfig) {
+    let s = reference.settings_mut();
+    s.multitask = c.multitask;
+    s.update = !c.freeze_reference;
+    reference.set_downstream_logit_scale(c.downstream_logit_scale);
+}
+
+/// The loop's configuration: the settings, explicit batches, the trace, full mode's augmentation.
+fn loop_config(c: &TrainConfig) -> Result<FlytConfig> {
+    let mut f = c.training.clone();
+    if let Some(p) = &c.batches {
+        f.batches = Some(Arc::new(BatchPlan::read(p)?));
+    }
+    if let Some(dir) = &c.trace {
+        if c.trace_steps.is_empty() {
+            return Err(Error::Config("--trace needs the steps to trace: --trace-steps 0,1,...".into()));
+        }
+        f.trace = Some(Arc::new(TraceSpec { dir: dir.clone(), steps: c.trace_steps.iter().copied().collect() }));
+    }
+    if c.reference == ReferenceMode::Full && c.augment {
+        f.augment = Some(Augment::default());
+    }
+    Ok(f)
+}
+
+/// Loads initial weights under the official code's names into the scoring model and the reference (`full`:
+/// open_clip's names for the CLIP towers). Returns how many tensors were set; an unknown name or a wrong shape
+/// is an error naming it.
+fn load_init<R: ReferenceState>(
+    path: &Path,
+    scorer: &dyn ScoringModel,
+    reference: &mut R,
+    full: bool,
+) -> Result<usize> {
+    let tensors =
+        Tensor::read_safetensors(path).map_err(|e| flyt::Error::format(path, "safetensors", e.to_string()))?;
+    let mut head: Vec<(String, Tensor)> = Vec::new();
+    let mut refs: Vec<(String, Tensor)> = Vec::new();
+    let mut rho: Option<Tensor> = None;
+    for (name, t) in tensors {
+        if let Some(n) = name.strip_prefix("glu_model.layers.0.") {
+            head.push((n.to_string(), t));
+        } else if let Some(n) = name.strip_prefix("layers.0.") {
+            head.push((format!("linear.{n}"), t));
+        } else if name == "downstream_logit_scale" {
+            rho = Some(t);
+        } else {
+            refs.push((name, t));
+        }
+    }
+    if full {
+        refs = flyt::clip::from_open_clip(refs)?;
+    }
+    let copy = |what: &str, dst: &mut Tensor, src: &Tensor| -> Result<()> {
+        if dst.size() != src.size() {
+            return Err(flyt::Error::format(
+                path,
+                what,
+                format!("shape {:?}, the model's is {:?}", src.size(), dst.size()),
+            )
+            .into());
+        }
+        let _g = tch::no_grad_guard();
+        dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
+        Ok(())
+    };
+    let mut set = 0;
+    let mut params = scorer.named_parameters();
+    for (n, t) in &head {
+        let (_, dst) = params
+            .iter_mut()
+            .find(|(p, _)| p == n)
+            .ok_or_else(|| flyt::Error::format(path, n, "not a parameter of the scoring model"))?;
+        copy(n, dst, t)?;
+        set += 1;
+    }
+    let names = reference.param_names();
+    let learned = reference.settings().rho_learned;
+    let (ps, r, _, _) = reference.parts_mut();
+    for (n, t) in &refs {
+        let i = names
+            .iter()
+            .position(|p| p == n)
+            .ok_or_else(|| flyt::Error::format(path, n, "not a parameter of the reference model"))?;
+        copy(n, &mut ps[i], t)?;
+        set += 1;
+    }
+    if let Some(t) = rho {
+        if !learned {
+            return Err(flyt::Error::format(
+                path,
+                "downstream_logit_scale",
+                "given, but this run has no downstream logit scale (--downstream-logit-scale none)",
+            )
+            .into());
+        }
+        copy("downstream_logit_scale", r, &t.reshape(r.size()))?;
+        set += 1;
+    }
+    Ok(set)
+}
+
+/// The reference's logit scale (log τ) as the first step sees it.
+fn start_logit_scale<R: ReferenceState>(reference: &R) -> f64 {
+    reference.parts().0[reference.logit_scale_index()].double_value(&[])
+}
+
 /// Trains (or resumes) a FLYT head or an M-FLYT mixer.
 pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     let dev = c.device.resolve()?;
+    if c.amp {
+        if c.reference != ReferenceMode::Full {
+            return Err(Error::Config("--amp is for full mode (the towers); embedding mode has none".into()));
+        }
+        if !dev.is_cuda() {
+            return Err(Error::Config(format!("--amp needs a CUDA device (this run's is {dev:?}); CPUs stay f32")));
+        }
+        if c.f64 {
+            return Err(Error::Config("--amp and --dtype f64 exclude each other".into()));
+        }
+        if !(c.scaler_scale.is_finite() && c.scaler_scale > 0.0) {
+            return Err(Error::Config(format!("--scaler-scale must be positive, got {}", c.scaler_scale)));
+        }
+    }
     if c.reference == ReferenceMode::Full {
         return train_full(c, dev);
     }
@@ -219,35 +465,55 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     if c.downstream.is_empty() {
         return Err(Error::Config("embedding mode needs --downstream task.npz (made by flyt downstream)".into()));
     }
-    let emb = match &c.embeddings {
-        Some(p) => PoolEmbeddings::Prefix(p.clone()),
-        None => PoolEmbeddings::Auto,
-    };
-    let pool = flyt::read_pool(&pool_dir, &emb)?;
+    let pool = flyt::read_pool(&pool_dir, &flyt_prefix(&pool_dir, c.embeddings.as_deref())?)?;
     if pool.rows.is_empty() {
         return Err(Error::Incomplete(format!("{}: the pool has no rows", pool_dir.display())));
     }
+    let kind = if c.f64 { Kind::Double } else { Kind::Float };
     let dim = pool.dim;
     let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
-    let image = l2_normalize(&matrix(&pool.image, dim, dev));
-    let text = l2_normalize(&matrix(&pool.text, dim, dev));
-    let tasks: Vec<DownstreamTask> =
-        c.downstream.iter().map(|p| DownstreamTask::from_npz(p, dim, dev)).collect::<flyt::Result<_>>()?;
-    let vs = tch::nn::VarStore::new(dev);
+    let image = l2_normalize(&matrix(&pool.image, dim, dev)).to_kind(kind);
+    let text = l2_normalize(&matrix(&pool.text, dim, dev)).to_kind(kind);
+    let tasks: Vec<DownstreamTask> = c
+        .downstream
+        .iter()
+        .map(|p| {
+            DownstreamTask::from_npz(p, dim, dev).map(|t| DownstreamTask {
+                image: t.image.to_kind(kind),
+                labels: t.labels,
+                prompts: t.prompts.to_kind(kind),
+                captions: t.captions.map(|x| x.to_kind(kind)),
+            })
+        })
+        .collect::<flyt::Result<_>>()?;
+    let mut vs = tch::nn::VarStore::new(dev);
     let features = match c.kind {
-        ModelKind::Mflyt => matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev),
+        ModelKind::Mflyt => matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev).to_kind(kind),
         ModelKind::Flyt => Tensor::cat(&[&image, &text], 1),
     };
     let model = scoring_model(c, &features, dim, &vs);
+    if c.f64 {
+        vs.double();
+    }
     let scorer = model.scorer();
-    let config = c.training.clone();
+    let config = loop_config(c)?;
     tch::manual_seed(c.training.seed as i64 ^ 0x5eed);
     let ref_dim = c.ref_dim.unwrap_or(dim as i64);
-    let mut state = FlytState {
-        reference: EmbeddingReference::new(dim as i64, ref_dim, 0.0, config.adam, Kind::Float, dev),
-        score_opt: ParamAdamW::new(config.adam, &scorer.named_parameters()),
-        step: 0,
-    };
+    let mut reference = EmbeddingReference::new(dim as i64, ref_dim, 0.0, config.adam, kind, dev);
+    let (log_tau, from) = reference_logit_scale(c, &pool_dir)?;
+    reference.set_logit_scale(log_tau);
+    configure(&mut reference, c);
+    let mut notes = vec![format!("the reference starts at logit scale {log_tau:.5} ({from})")];
+    if let Some(init) = &c.init {
+        let n = load_init(init, scorer, &mut reference, false)?;
+        notes.push(format!("{n} tensors set from {}", init.display()));
+    }
+    let start_log_tau = start_logit_scale(&reference);
+    if start_log_tau != log_tau {
+        notes.push(format!("the init sets the reference's logit scale to {start_log_tau:.5}"));
+    }
+    let mut state =
+        FlytState { reference, score_opt: ParamAdamW::new(config.adam, &scorer.named_parameters()), step: 0 };
     crate::jobs::create_dir(&c.out)?;
     let meta = json!({
         "kind": c.kind.name(),
@@ -261,13 +527,30 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         "embeddings": pool.prefix,
         "downstream": c.downstream.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "scores": c.scores.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "ref_logit_scale": start_log_tau,
+        "settings": settings_json(c),
         "config": format!("{config:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
         "inputs": input_versions(&[&[pool_dir.clone()][..], &c.downstream, &c.scores].concat()),
     });
     let pool_t = UpstreamPool { image, text, features };
-    drive(c, scorer, &mut state, &meta, config.steps, Vec::new(), |st, cb| {
+    drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
         train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
+    })
+}
+
+/// The run's settings, for the checkpoint's sidecar.
+fn settings_json(c: &TrainConfig) -> serde_json::Value {
+    json!({
+        "mixer_inputs": c.mixer_inputs.name(),
+        "multitask": format!("{:?}", c.multitask).to_lowercase(),
+        "update_reference": !c.freeze_reference,
+        "downstream_logit_scale": c.downstream_logit_scale,
+        "augment": c.reference == ReferenceMode::Full && c.augment,
+        "dtype": if c.f64 { "f64" } else { "f32" },
+        "amp": c.amp.then_some(c.scaler_scale),
+        "init": c.init.as_ref().map(|p| p.display().to_string()),
+        "batches": c.batches.as_ref().map(|p| p.display().to_string()),
     })
 }
 
@@ -363,21 +646,17 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
             "full mode needs --shards (upstream) and --down-shards (labelled downstream)".into(),
         ));
     }
-    if c.classnames.len() != c.down_shards.len() {
-        return Err(Error::Config(format!(
-            "give one --classnames file per --down-shards ({} and {})",
-            c.classnames.len(),
-            c.down_shards.len()
-        )));
-    }
+    let task_files = task_files(c)?;
+    let kind = if c.f64 { Kind::Double } else { Kind::Float };
     let config = ClipConfig::from_file(model_dir.join("config.json"))?;
     let crop = config.vision_config.image_size as usize;
     let tokenizer = ClipTokenizer::for_model(&model_dir, &config)?;
     let embedder = Embedder::load(&model_dir, EmbedderConfig { device: dev, ..Default::default() })?;
     let dim = embedder.dim();
-    // upstream: the frozen CLIP's [u; t] for the scoring model, preprocessed images and caption tokens
-    let (mut images, mut captions, mut uids, mut feats_img, mut feats_txt) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // upstream: the frozen CLIP's [u; t] for the scoring model, preprocessed images (and the images as read, for
+    // augmentation) and caption tokens
+    let (mut images, mut sources, mut captions, mut uids, mut feats_img, mut feats_txt) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rejected = 0usize;
     for shard in expand_shards(&c.shards)? {
         let mut samples = Vec::new();
@@ -398,6 +677,9 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
             match preprocess::preprocess(bytes, crop, crop) {
                 Ok(px) => {
                     images.push(px);
+                    if c.augment {
+                        sources.push(bytes.clone());
+                    }
                     captions.push(caption.clone());
                     uids.push(*uid);
                     feats_img.extend_from_slice(&emb.image[i * dim..(i + 1) * dim]);
@@ -412,18 +694,21 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     }
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let ids = tokenizer.encode_batch(&refs);
-    let templates = templates(c.templates.as_deref())?;
     let mut tasks = Vec::new();
-    for (dir, names) in c.down_shards.iter().zip(&c.classnames) {
+    for (dir, (names, template_file)) in c.down_shards.iter().zip(&task_files) {
         let classes = lines(names)?;
-        let (mut imgs, mut labels) = (Vec::new(), Vec::new());
+        let templates = templates(template_file.as_deref())?;
+        let (mut imgs, mut srcs, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         let cfg = flyt::ReaderConfig::default().require_caption(false).require_label(true);
         for shard in expand_shards(std::slice::from_ref(dir))? {
             for r in flyt::ShardReader::open(&shard, cfg.clone())? {
                 if let flyt::Record::Sample(s) = r? {
-                    match (s.label, s.image().map(|b| preprocess::preprocess(b, crop, crop))) {
-                        (Some(l), Some(Ok(px))) if l >= 0 && (l as usize) < classes.len() => {
+                    match (s.label, s.image().map(|b| (b, preprocess::preprocess(b, crop, crop)))) {
+                        (Some(l), Some((bytes, Ok(px)))) if l >= 0 && (l as usize) < classes.len() => {
                             imgs.push(px);
+                            if c.augment {
+                                srcs.push(bytes.to_vec());
+                            }
                             labels.push(l);
                         }
                         _ => rejected += 1,
@@ -438,24 +723,39 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
             classes.iter().flat_map(|cl| templates.iter().map(move |t| t.replace("{c}", cl))).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let prompts = tokenizer.encode_batch(&refs).view([classes.len() as i64, templates.len() as i64, -1]);
-        tasks.push(FullTask { images: imgs, labels, prompts, captions: None });
+        let sources = c.augment.then_some(srcs);
+        tasks.push(FullTask { images: imgs, sources, labels, prompts, captions: None });
     }
     let features = match c.kind {
         ModelKind::Mflyt => matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev),
         ModelKind::Flyt => Tensor::cat(&[matrix(&feats_img, dim, dev), matrix(&feats_txt, dim, dev)], 1),
-    };
-    let vs = tch::nn::VarStore::new(dev);
+    }
+    .to_kind(kind);
+    let mut vs = tch::nn::VarStore::new(dev);
     let model = scoring_model(c, &features, dim, &vs);
+    if c.f64 {
+        vs.double();
+    }
     let scorer = model.scorer();
-    let fc = c.training.clone();
+    let fc = loop_config(c)?;
     let weights = model_dir.join("model.safetensors");
-    let mut reference = FullReference::new(&config, Some(&weights), fc.adam, Kind::Float, dev)?;
+    let mut reference = FullReference::new(&config, Some(&weights), fc.adam, kind, dev)?;
     reference.set_chunk(c.chunk);
-    let mut state = FlytState { reference, score_opt: ParamAdamW::new(fc.adam, &scorer.named_parameters()), step: 0 };
-    let notes =
+    if c.amp {
+        reference.set_amp(Some(flyt::train::LossScaler::new(c.scaler_scale)));
+    }
+    configure(&mut reference, c);
+    let mut notes =
         if rejected > 0 { vec![format!("{rejected} samples left out (rejected or unreadable)")] } else { vec![] };
-    let pool = FullPool { images, ids, features };
+    if let Some(init) = &c.init {
+        let n = load_init(init, scorer, &mut reference, true)?;
+        notes.push(format!("{n} tensors set from {}", init.display()));
+    }
+    let start_log_tau = start_logit_scale(&reference);
+    let mut state = FlytState { reference, score_opt: ParamAdamW::new(fc.adam, &scorer.named_parameters()), step: 0 };
+    let pool = FullPool { images, sources: c.augment.then_some(sources), ids, features };
     crate::jobs::create_dir(&c.out)?;
+    let classnames: Vec<String> = task_files.iter().map(|(n, _)| n.display().to_string()).collect();
     let meta = json!({
         "kind": c.kind.name(),
         "mode": "full",
@@ -464,13 +764,66 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
         "model": model_dir.display().to_string(),
         "shards": c.shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "down_shards": c.down_shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "classnames": c.classnames.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "classnames": classnames,
+        "templates": task_files.iter().map(|(_, t)| t.as_ref().map(|p| p.display().to_string())).collect::<Vec<_>>(),
         "pool_rows": uids.len(),
+        "ref_logit_scale": start_log_tau,
+        "settings": settings_json(c),
         "config": format!("{fc:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
-        "inputs": input_versions(&[&c.shards[..], &c.down_shards, &c.classnames, &c.scores, std::slice::from_ref(&weights)].concat()),
+        "inputs": input_versions(&[&c.shards[..], &c.down_shards, &c.classnames, &c.templates, &c.scores, std::slice::from_ref(&weights)].concat()),
     });
     drive(c, scorer, &mut state, &meta, fc.steps, notes, |st, cb| train_flyt_full(scorer, st, &pool, &tasks, &fc, cb))
+}
+
+/// Full mode: each downstream task's class-name file and template file (None: the one default prompt) — given,
+/// or DataComp's for a task named in `down_tasks` under `datacomp_eval_dir`.
+fn task_files(c: &TrainConfig) -> Result<Vec<(PathBuf, Option<PathBuf>)>> {
+    let k = c.down_shards.len();
+    let per =
+        |what: &str, n: usize| Error::Config(format!("give one {what} per --down-shards, or none ({n} for {k} tasks)"));
+    if !c.classnames.is_empty() && c.classnames.len() != k {
+        return Err(per("--classnames file", c.classnames.len()));
+    }
+    if !c.down_tasks.is_empty() && c.down_tasks.len() != k {
+        return Err(per("--down-task", c.down_tasks.len()));
+    }
+    if c.templates.len() > 1 && c.templates.len() != k {
+        return Err(Error::Config(format!(
+            "give one --templates file per --down-shards, or one for all ({} for {k} tasks)",
+            c.templates.len()
+        )));
+    }
+    (0..k)
+        .map(|i| {
+            let known = match (c.down_tasks.get(i), &c.datacomp_eval_dir) {
+                (Some(t), Some(dir)) => Some(flyt::datacomp_task_files(dir, t).ok_or_else(|| {
+                    Error::Config(format!(
+                        "--down-task {t:?} is not a DataComp task the official code knows (known: {})",
+                        flyt::DATACOMP_TASKS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ))
+                })?),
+                _ => None,
+            };
+            let names = match (c.classnames.get(i), &known) {
+                (Some(n), _) => n.clone(),
+                (None, Some((n, _))) => n.clone(),
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "task {i} ({}) has no class names: give --classnames, or --down-task with --datacomp-eval-dir",
+                        c.down_shards[i].display()
+                    )));
+                }
+            };
+            let templates = match (c.templates.len(), &known) {
+                (1, _) => Some(c.templates[0].clone()),
+                (n, _) if n > 1 => Some(c.templates[i].clone()),
+                (_, Some((_, t))) => Some(t.clone()),
+                _ => None,
+            };
+            Ok((names, templates))
+        })
+        .collect()
 }
 
 /// The version of each input file (size and modification time; directories list their files), for the
