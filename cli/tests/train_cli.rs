@@ -373,3 +373,52 @@ fn train_mflyt_with_zscored_inputs() {
         py(&MEANS.replace("sys.argv[1]", "'zs'"), d).split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert!(m[0] > m[1] && m[1] > m[2], "M-FLYT (z-scored) mean scores by kind: {m:?}");
 }
+
+#[test]
+fn embedding_mode_reads_b32_first_and_starts_at_the_frozen_clips_logit_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    // the same pool with DataComp's two pairs: b32 (16-d, the task's width) and l14 (24-d); a frozen CLIP folder
+    // whose logit scale is 3.9
+    py(
+        r#"
+import os, numpy as np, pyarrow.parquet as pq
+from safetensors.numpy import save_file
+os.makedirs("pool2", exist_ok=True)
+for part in "ab":
+    z = np.load(f"pool/{part}.npz")
+    n = len(z["emb_img"])
+    np.savez(f"pool2/{part}.npz", b32_img=z["emb_img"], b32_txt=z["emb_txt"],
+             l14_img=np.ones((n, 24), np.float16), l14_txt=np.ones((n, 24), np.float16))
+    pq.write_table(pq.read_table(f"pool/{part}.parquet"), f"pool2/{part}.parquet")
+os.makedirs("clip", exist_ok=True)
+save_file({"logit_scale": np.array(3.9, np.float32), "text_projection.weight": np.zeros((4, 4), np.float32)},
+          "clip/model.safetensors")
+"#,
+        d,
+    );
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec!["train", "flyt", "--pool", "pool2", "--downstream", "task.npz", "--out", out];
+        args.extend(TRAIN.iter().skip(2));
+        args.extend(["--steps", "2"]);
+        args.extend(extra);
+        let o = ok(flyt(&args, d));
+        let side: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(out).join("checkpoint.json")).unwrap()).unwrap();
+        (side["meta"].clone(), o)
+    };
+    let (meta, _) = train("a", &[]);
+    assert_eq!((meta["embeddings"].as_str(), meta["dim"].as_u64()), (Some("b32"), Some(16)), "{meta}");
+    let near = |m: &serde_json::Value, x: f32| (m["ref_logit_scale"].as_f64().unwrap() - x as f64).abs() < 1e-9;
+    assert!(near(&meta, 100f32.ln()), "OpenAI CLIP's ln 100 without a named CLIP: {meta}");
+    let (meta, _) = train("b", &["--clip", "clip"]);
+    assert!(near(&meta, 3.9), "the frozen CLIP's own: {meta}");
+    let (meta, _) = train("c", &["--clip", "clip", "--ref-logit-scale", "3.3"]);
+    assert!(near(&meta, 3.3), "{meta}");
+    // --embeddings still chooses: l14 is 24-d, which the 16-d task cannot match
+    let mut args = vec!["train", "flyt", "--pool", "pool2", "--downstream", "task.npz", "--out", "e"];
+    args.extend(["--embeddings", "l14", "--device", "cpu", "--steps", "1"]);
+    let o = flyt(&args, d);
+    assert!(!o.status.success(), "a 24-d pool against a 16-d task");
+}
