@@ -41,6 +41,10 @@ noise = rng.normal(size=n)
 pq.write_table(pa.table({"uid": uids, "good": good, "noise": noise, "neg": -good}), "inputs.parquet")
 pq.write_table(pa.table({"uid": uids[:-1], "good": good[:-1], "noise": noise[:-1], "neg": -good[:-1]}), "short.parquet")
 np.save("kind.npy", kind)
+# a task the pool's embedding space cannot do: its images are unrelated to its class prompts
+r2 = np.random.default_rng(9)
+np.savez("task_blind.npz", image=norm(r2.normal(size=(M, d))).astype(np.float32), labels=lab.astype(np.int64),
+         prompts=prompts.astype(np.float32))
 "#;
 
 const MEANS: &str = r#"
@@ -124,6 +128,34 @@ fn train_flyt_resume_and_score() {
     assert_eq!(ma, mb, "scores of the resumed run differ");
     let m: Vec<f64> = ma.split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert!(m[0] > m[1] && m[1] > m[2], "mean scores duplicates/clean/shuffled: {m:?}");
+}
+
+#[test]
+fn a_downstream_task_the_reference_cannot_do_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    let run = |task: &str, out: &str| {
+        let mut args = vec!["train", "flyt", "--pool", "pool", "--downstream", task, "--out", out];
+        args.extend(TRAIN);
+        args[9] = "20"; // --steps 20: the check runs before the first step
+        let o = flyt(&args, d);
+        ok(&o);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let seen = |out: &str| -> Vec<f64> {
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(out).join("checkpoint.json")).unwrap()).unwrap();
+        meta["meta"]["downstream_zero_shot"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let out = run("task.npz", "a");
+    assert!(!out.contains("warning"), "{out}");
+    let z = seen("a");
+    assert!(z.len() == 1 && z[0] > 0.9, "the planted task is easy for the frozen embeddings: {z:?}");
+    let out = run("task_blind.npz", "b");
+    assert!(out.contains("warning: downstream task task_blind.npz") && out.contains("(chance 25.0 %)"), "{out}");
+    let z = seen("b");
+    assert!(z.len() == 1 && z[0] < 0.375, "{z:?}");
 }
 
 #[test]

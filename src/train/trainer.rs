@@ -75,6 +75,23 @@ pub struct DownstreamTask {
 }
 
 impl DownstreamTask {
+    /// Zero-shot top-1 of the frozen embeddings themselves (the reference before any step): each image's nearest
+    /// class, a class being its normalised mean prompt embedding, as CLIP's zero-shot classifier averages its
+    /// templates. FLYT learns from how a step on the pool changes the reference's loss on the task; on a task the
+    /// reference cannot do at all (near chance) that signal is about confidence, not about the task (README: the
+    /// evaluation's ablations).
+    pub fn zero_shot_top1(&self) -> f64 {
+        let _g = tch::no_grad_guard();
+        let classes = crate::clip::l2_normalize(&self.prompts.mean_dim([1i64].as_slice(), false, self.prompts.kind()));
+        let pred = self.image.matmul(&classes.transpose(0, 1)).argmax(1, false);
+        pred.eq_tensor(&self.labels).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+    }
+
+    /// The number of classes.
+    pub fn classes(&self) -> usize {
+        self.prompts.size()[0] as usize
+    }
+
     /// Reads a task `.npz` as `flyt downstream` writes it: `image` (M × d), `labels` (M integers in `0..C`),
     /// `prompts` (C × T × d), optionally `captions` (M × d); every embedding is normalised. `dim` is the pool's
     /// embedding dimension; anything else is an error naming the file and the array.

@@ -173,6 +173,10 @@ impl Default for TrainConfig {
 /// The downstream logit scale the authors' README command starts from: ln(1/0.07).
 pub const DOWNSTREAM_LOGIT_SCALE: f64 = 2.65926;
 
+/// A downstream task on which the frozen reference's zero-shot top-1 is under this multiple of chance gets a
+/// warning in the training's notes (embedding mode).
+pub const NEAR_CHANCE: f64 = 1.5;
+
 /// OpenAI CLIP's logit scale, ln 100: the reference's start when nothing names the frozen CLIP (DataComp's
 /// embeddings are OpenAI's).
 pub const OPENAI_LOGIT_SCALE: f64 = 4.605_170_185_988_091;
@@ -504,6 +508,20 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     reference.set_logit_scale(log_tau);
     configure(&mut reference, c);
     let mut notes = vec![format!("the reference starts at logit scale {log_tau:.5} ({from})")];
+    let zero_shot: Vec<f64> = tasks.iter().map(DownstreamTask::zero_shot_top1).collect();
+    for ((t, p), z) in tasks.iter().zip(&c.downstream).zip(&zero_shot) {
+        let chance = 1.0 / t.classes() as f64;
+        if *z < NEAR_CHANCE * chance {
+            notes.push(format!(
+                "warning: downstream task {}: the frozen reference's zero-shot top-1 is {:.1} % (chance {:.1} %); \
+                 the lookahead cannot learn what the task needs from a reference that cannot do it, and may learn \
+                 to prefer data that makes the reference less confident (README: the evaluation's ablations)",
+                p.display(),
+                100.0 * z,
+                100.0 * chance
+            ));
+        }
+    }
     if let Some(init) = &c.init {
         let n = load_init(init, scorer, &mut reference, false)?;
         notes.push(format!("{n} tensors set from {}", init.display()));
@@ -518,6 +536,7 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     let meta = json!({
         "kind": c.kind.name(),
         "mode": "embedding",
+        "downstream_zero_shot": zero_shot,
         "dim": dim,
         "ref_dim": ref_dim,
         "columns": c.columns,
