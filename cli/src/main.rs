@@ -71,14 +71,17 @@ enum Command {
     /// Serve a curation output directory over Arrow Flight: scores, the live subset and its changes, stats,
     /// rejects, embeddings; accept external scores and new shard paths (with a bearer token).
     Serve(serve::Args),
-    /// Evaluate the curation methods on a mini-DataComp built from real data (Fashion-MNIST, Openclipart, web
-    /// alt-text): curate with each method, train a fresh small CLIP per subset and seed, measure zero-shot accuracy;
-    /// writes results.json and report.html.
+    /// Evaluate the curation methods on a mini-DataComp built from real data (Fashion-MNIST and handwritten
+    /// digits, Openclipart, web alt-text) with a reference CLIP trained on a web-like slice: curate with each
+    /// method (no filter, random, CLIP score / FLYT / M-FLYT top-k and + SCS, FLYT with the full reference, the
+    /// clean-only ceiling), train a fresh small CLIP per subset and seed (5 by default), measure zero-shot top-1
+    /// per judge task and their mean, with paired differences against CLIP score top-k; writes results.json and
+    /// report.html.
     Eval(eval::Args),
     /// Write the HTML report of an evaluation directory (`flyt eval`'s output).
     Report(eval::ReportArgs),
-    /// Run the embedded demo: a short `flyt eval` (one seed, fewer steps) ending with the report and the accuracy
-    /// table.
+    /// Run the embedded demo: a short `flyt eval` (one seed, six of the ten rows) ending with the report and the
+    /// accuracy table.
     Demo(demo::Args),
     /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.
     Doctor(doctor::Args),

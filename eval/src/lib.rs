@@ -33,8 +33,8 @@ use flyt::rng::SplitMix64;
 use flyt::train::{FlytConfig, ModelKind};
 use flyt::{DeviceSpec, Ingest, ReaderConfig, Record, Uid};
 use flyt_pipelines::{
-    ClustersConfig, CurateConfig, DownstreamConfig, Method, MixerInputs, NegClipLossParams, TrainConfig, clusters,
-    curate, downstream, train,
+    ClustersConfig, CurateConfig, DownstreamConfig, Method, MixerInputs, NegClipLossParams, ReferenceMode, TrainConfig,
+    clusters, curate, downstream, train,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -42,37 +42,49 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 pub use config::{
-    DEFAULT_EVAL, DEMO_EVAL, EvalConfig, FlytTraining, METHODS, Methods, MflytTraining, MixerInputsName, ModelSize,
-    PoolMix, Reference, Sources, SubsetTraining, TaskSource, Tasks,
+    BASELINE, DEFAULT_EVAL, DEMO_EVAL, EvalConfig, FlytFullTraining, FlytTraining, METHODS, Methods, MflytTraining,
+    MixerInputsName, ModelSize, PoolMix, Reference, Sources, SubsetTraining, TaskSource, Tasks,
 };
 use data::DataDirs;
-pub use data::{Built, CLASSNAMES, KINDS};
+pub use data::{Built, CLASSNAMES, DIGIT_NAMES, DOMAINS, KINDS};
 pub use pretrain::{
     EpochOrder, ImageTextStore, PretrainConfig, Pretrained, ZeroShot, class_weights, pretrain_clip, zero_shot,
 };
 pub use report::write as write_report;
 
-/// One trained model's result.
+/// A model's zero-shot result on one judge task.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunResult {
-    /// Method id (`no-filter`, `random`, `clip-top`, `flyt-top`, `mflyt-scs`).
-    pub method: String,
-    /// Seed.
-    pub seed: u64,
-    /// Zero-shot top-1 accuracy on the evaluation set.
+pub struct TaskScore {
+    /// The task (`fashion-mnist`, `digits`, …).
+    pub task: String,
+    /// Top-1 accuracy.
     pub accuracy: f64,
     /// Accuracy per class.
     pub per_class: Vec<f64>,
+}
+
+/// One trained model's result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    /// Method id ([`METHODS`]).
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// The mean of the judge tasks' zero-shot top-1 accuracies (the headline, as DataComp averages its tasks).
+    pub accuracy: f64,
+    /// Each judge task's result.
+    pub tasks: Vec<TaskScore>,
     /// Distinct uids in the subset.
     pub unique: usize,
     /// Samples in the subset (with repeats).
     pub samples: usize,
     /// Of the samples seen in training, the fraction of each pool kind (ground truth).
     pub kinds: BTreeMap<String, f64>,
-    /// Of the samples seen whose image is a Fashion-MNIST image, the fraction of each class (by the image's true
-    /// class, whatever the caption says).
+    /// Per domain (`fashion`, `digits`): of the samples seen whose image is from it, the fraction of each class
+    /// (by the image's true class, whatever the caption says); and under `"_share"`, each domain's share of the
+    /// samples seen.
     #[serde(default)]
-    pub classes: Vec<f64>,
+    pub classes: BTreeMap<String, Vec<f64>>,
     /// Mean training loss over the last 10 % of steps.
     pub final_loss: f64,
     /// Training seconds.
@@ -92,14 +104,22 @@ pub struct EvalResults {
     pub runs: Vec<RunResult>,
     /// Seconds per stage.
     pub stages: Vec<(String, f64)>,
-    /// The reference's zero-shot accuracy on the evaluation set (what a "pretrained" CLIP reaches).
+    /// The reference's zero-shot accuracy, the mean over the judge tasks (what a "pretrained" CLIP reaches).
     pub reference_accuracy: f64,
+    /// The reference's result on each judge task.
+    pub reference_tasks: Vec<TaskScore>,
     /// Ingest counts of the curation (accepted, rejected by reason).
     pub ingest: serde_json::Value,
     /// The mixer's columns and weights.
     pub mixer: serde_json::Value,
     /// Paths of the artefacts (relative to the output directory).
     pub files: BTreeMap<String, String>,
+}
+
+/// Mean and standard error of the mean (sample std / √n; 0 for a single value).
+pub fn mean_se(xs: &[f64]) -> (f64, f64) {
+    let (m, s) = mean_std(xs);
+    (m, if xs.is_empty() { f64::NAN } else { s / (xs.len() as f64).sqrt() })
 }
 
 /// Mean and sample standard deviation (0 for a single value).
@@ -116,33 +136,75 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 impl EvalResults {
-    /// Accuracies of `method` over seeds.
+    /// Mean accuracies of `method` over seeds, in seed order.
     pub fn accuracies(&self, method: &str) -> Vec<f64> {
         self.runs.iter().filter(|r| r.method == method).map(|r| r.accuracy).collect()
     }
 
-    /// The accuracy table as text: method, mean ± std (n seeds), unique / samples of the first seed's subset.
+    /// Accuracies of `method` on judge task `task` over seeds.
+    pub fn task_accuracies(&self, method: &str, task: usize) -> Vec<f64> {
+        self.runs.iter().filter(|r| r.method == method).filter_map(|r| r.tasks.get(task).map(|t| t.accuracy)).collect()
+    }
+
+    /// The judge tasks' names.
+    pub fn task_names(&self) -> Vec<String> {
+        self.reference_tasks.iter().map(|t| t.task.clone()).collect()
+    }
+
+    /// Per seed both ran: `method`'s mean accuracy minus [`BASELINE`]'s (the same seed trains from the same
+    /// initialisation in the same order, so the pairing removes that variance).
+    pub fn paired(&self, method: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.method == method)
+            .filter_map(|r| {
+                self.runs.iter().find(|b| b.method == BASELINE && b.seed == r.seed).map(|b| r.accuracy - b.accuracy)
+            })
+            .collect()
+    }
+
+    /// The accuracy table as text: method, mean ± standard error over seeds (and per task), the paired difference
+    /// against CLIP score top-k with its standard error, unique uids and the clean share of the first seed's
+    /// subset.
     pub fn table(&self) -> String {
-        let mut s =
-            format!("{:<22} {:>18}  {:>8}  {:>9}  {:>7}\n", "method", "zero-shot top-1", "seeds", "unique", "clean");
+        let tasks = self.task_names();
+        let mut s = format!("{:<28} {:>15}", "method", "mean top-1");
+        for t in &tasks {
+            s.push_str(&format!(" {:>15}", t));
+        }
+        s.push_str(&format!(" {:>16} {:>6} {:>8} {:>6}\n", "vs CLIP top-k", "seeds", "unique", "clean"));
         for (m, label) in METHODS {
             let acc = self.accuracies(m);
             if acc.is_empty() {
                 continue;
             }
-            let (mean, std) = mean_std(&acc);
+            let pm = |xs: &[f64]| {
+                let (mean, se) = mean_se(xs);
+                format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * se)
+            };
+            s.push_str(&format!("{label:<28} {:>15}", pm(&acc)));
+            for i in 0..tasks.len() {
+                s.push_str(&format!(" {:>15}", pm(&self.task_accuracies(m, i))));
+            }
+            let d = self.paired(m);
+            let diff = if m == BASELINE || d.is_empty() {
+                "—".to_string()
+            } else {
+                let (mean, se) = mean_se(&d);
+                format!("{:+.2} ± {:.2}", 100.0 * mean, 100.0 * se)
+            };
             let first = self.runs.iter().find(|r| r.method == m).expect("non-empty");
             let clean = first.kinds.get("clean").copied().unwrap_or(0.0);
-            s.push_str(&format!(
-                "{label:<22} {:>9.2} ± {:<6.2}  {:>8}  {:>9}  {:>6.1}%\n",
-                100.0 * mean,
-                100.0 * std,
-                acc.len(),
-                first.unique,
-                100.0 * clean
-            ));
+            s.push_str(&format!(" {diff:>16} {:>6} {:>8} {:>5.1}%\n", acc.len(), first.unique, 100.0 * clean));
         }
-        s.push_str(&format!("(reference CLIP, trained on the clean slice: {:.2})\n", 100.0 * self.reference_accuracy));
+        s.push_str(&format!(
+            "(mean ± standard error over seeds; the reference CLIP, trained on a web-like slice: {:.2}",
+            100.0 * self.reference_accuracy
+        ));
+        for t in &self.reference_tasks {
+            s.push_str(&format!(", {} {:.2}", t.task, 100.0 * t.accuracy));
+        }
+        s.push_str(")\n");
         s
     }
 }
@@ -304,7 +366,9 @@ impl Stages {
     }
 }
 
-/// The training multiset (indices into the pool's examples) of `method` for `seed`.
+/// The training multiset (indices into the pool's examples) of `method` for `seed`: every accepted sample (no
+/// filter), a seeded random fraction, the top fraction by a score column of the final curation's tables, an SCS
+/// subset a curation wrote (`scs(method, seed)`), or every clean on-task sample (the ceiling).
 #[allow(clippy::too_many_arguments)]
 fn multiset(
     method: &str,
@@ -313,7 +377,8 @@ fn multiset(
     scores: &BTreeMap<Uid, [f32; 3]>,
     row_of: &HashMap<Uid, usize>,
     n_examples: usize,
-    scs_subset: &dyn Fn(u64) -> anyhow::Result<Vec<Uid>>,
+    clean_rows: &[usize],
+    scs: &dyn Fn(&str, u64) -> anyhow::Result<Vec<Uid>>,
 ) -> anyhow::Result<Vec<usize>> {
     let k = ((cfg.methods.fraction * scores.len() as f64).round() as usize).max(1);
     let top = |col: usize| -> Vec<usize> {
@@ -331,16 +396,44 @@ fn multiset(
         }
         "clip-top" => top(0),
         "flyt-top" => top(1),
-        "mflyt-scs" => {
-            let uids = scs_subset(seed)?;
+        "mflyt-top" => top(2),
+        "clip-scs" | "flyt-scs" | "flyt-full-scs" | "mflyt-scs" => {
+            let uids = scs(method, seed)?;
             let rows: Vec<usize> = uids.iter().filter_map(|u| row_of.get(u).copied()).collect();
             if rows.len() != uids.len() {
-                bail!("the M-FLYT + SCS subset names {} uids not in the pool", uids.len() - rows.len());
+                bail!("the {method} subset names {} uids not in the pool", uids.len() - rows.len());
             }
             rows
         }
+        "ceiling" => clean_rows.to_vec(),
         m => bail!("unknown method {m}"),
     })
+}
+
+/// A judge task read for zero-shot evaluation.
+struct JudgeTask {
+    name: String,
+    set: Labelled,
+}
+
+fn write_templates(path: &Path, templates: &[String]) -> anyhow::Result<()> {
+    std::fs::write(path, templates.iter().map(|t| format!("{t}\n")).collect::<String>())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Zero-shot top-1 of `model` on every judge task.
+fn judge(model: &Clip, tasks: &[JudgeTask], crop: usize, dev: tch::Device) -> anyhow::Result<Vec<TaskScore>> {
+    tasks
+        .iter()
+        .map(|t| {
+            let z = zero_shot(model, &t.set.images, crop, &t.set.labels, &t.set.prompts, dev, 512)?;
+            Ok(TaskScore { task: t.name.clone(), accuracy: z.accuracy, per_class: z.per_class })
+        })
+        .collect()
+}
+
+fn mean_of(tasks: &[TaskScore]) -> f64 {
+    tasks.iter().map(|t| t.accuracy).sum::<f64>() / tasks.len().max(1) as f64
 }
 
 /// Runs the evaluation; results and the report land in `opts.out`.
@@ -361,26 +454,45 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         .with_context(|| format!("the CLIP vocabulary {} (./x setup fetches it)", cfg.sources.bpe.display()))?
         .with_context(cfg.model.context as usize);
     let threads = tch::get_num_threads();
+    let runs_method = |m: &str| cfg.methods.run.iter().any(|r| r == m);
 
-    // the labelled sets
-    let templates = cfg.tasks.templates.clone();
-    let eval_dir = dirs.task_shards(&cfg.tasks.eval, &dirs.eval());
-    let eval_names = dirs.classnames(&cfg.tasks.eval, &dirs.eval());
-    let downs: Vec<(PathBuf, PathBuf)> = cfg
+    // the labelled sets: the downstream tasks (shards, class names, templates) and the judge's tasks
+    let default_templates = cfg.tasks.templates.clone();
+    let downs: Vec<(PathBuf, PathBuf, Vec<String>)> = cfg
         .tasks
         .downstream
         .iter()
         .enumerate()
-        .map(|(i, t)| (dirs.task_shards(t, &dirs.downstream(i)), dirs.classnames(t, &dirs.downstream(i))))
+        .map(|(i, t)| {
+            let dir = dirs.downstream(i);
+            (dirs.task_shards(t, &dir), dirs.classnames(t, &dir), t.templates(&default_templates).to_vec())
+        })
         .collect();
-    let eval_set = st.time("read the evaluation set", |_| labelled(&eval_dir, &eval_names, &templates, &tok, crop))?;
+    let judges: Vec<JudgeTask> = st.time("read the judge's tasks", |_| {
+        cfg.tasks
+            .eval
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let dir = dirs.eval(i);
+                let set = labelled(
+                    &dirs.task_shards(t, &dir),
+                    &dirs.classnames(t, &dir),
+                    t.templates(&default_templates),
+                    &tok,
+                    crop,
+                )?;
+                Ok(JudgeTask { name: t.name(), set })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
 
-    // 2. the reference CLIP
+    // 2. the reference CLIP, trained on its web-like slice
     let ref_dir = out.join("reference");
     let ref_stamp = digest_of(
         &json!({"data": built.digest, "model": cfg.model, "reference": cfg.reference, "threads": threads, "device": dev_name}),
     );
-    let reference_accuracy = st.time("train the reference CLIP", |st| {
+    let reference_tasks = st.time("train the reference CLIP", |st| {
         let stamp_path = ref_dir.join("flyt-eval.json");
         if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(ref_stamp.as_str())
             && ref_dir.join("model.safetensors").exists()
@@ -410,9 +522,10 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             std::fs::write(&stamp_path, &ref_stamp)?;
         }
         let (_vs, model) = Clip::load(&ref_dir, dev)?;
-        Ok(zero_shot(&model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, dev, 512)?.accuracy)
+        judge(&model, &judges, crop, dev)
     })?;
-    st.say(&format!("reference zero-shot accuracy {:.2}%", 100.0 * reference_accuracy));
+    let reference_accuracy = mean_of(&reference_tasks);
+    st.say(&format!("reference zero-shot accuracy {:.2}% (mean of the judge's tasks)", 100.0 * reference_accuracy));
 
     // 3. curation, pass 1: ingest, embed, CLIP score
     let cur = out.join("curate");
@@ -429,19 +542,25 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     st.say(&first.line);
     let ingest = first.manifest.get("ingest").cloned().unwrap_or_default();
 
-    // 4. the downstream task(s), the FLYT head, the image-based centroids
+    // 4. the downstream tasks, the FLYT heads (embedding reference; full reference when its row runs), the
+    //    image-based centroids
     let fdir = out.join("flyt");
     std::fs::create_dir_all(&fdir)?;
-    let templates_file = fdir.join("templates.txt");
-    std::fs::write(&templates_file, templates.iter().map(|t| format!("{t}\n")).collect::<String>())?;
+    let template_files: Vec<PathBuf> = (0..downs.len()).map(|i| fdir.join(format!("templates-{i}.txt"))).collect();
+    for ((_, _, templates), f) in downs.iter().zip(&template_files) {
+        write_templates(f, templates)?;
+    }
     let down_npz: Vec<PathBuf> = (0..downs.len()).map(|i| fdir.join(format!("downstream-{i}.npz"))).collect();
+    // what the lookahead learns from ([tasks] learn; default every task)
+    let learned = cfg.tasks.learned();
+    let learn_npz: Vec<PathBuf> = learned.iter().map(|&i| down_npz[i].clone()).collect();
     let pool_emb = cur.join("embeddings");
     st.time("flyt downstream", |_| {
-        for ((shards, names), npz) in downs.iter().zip(&down_npz) {
+        for (((shards, names, _), npz), tf) in downs.iter().zip(&down_npz).zip(&template_files) {
             downstream(&DownstreamConfig {
                 model: ref_dir.clone(),
                 classnames: Some(names.clone()),
-                templates: Some(templates_file.clone()),
+                templates: Some(tf.clone()),
                 task: None,
                 datacomp_eval_dir: None,
                 out: npz.clone(),
@@ -455,24 +574,68 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     })?;
     let head = fdir.join("head");
     let f = &cfg.flyt;
-    st.time("flyt train flyt", |_| {
+    st.time("flyt train flyt", |st| {
         let _ = std::fs::remove_dir_all(&head);
-        train(&TrainConfig {
+        let summary = train(&TrainConfig {
             pool: Some(pool_emb.clone()),
-            downstream: down_npz.clone(),
+            downstream: learn_npz.clone(),
             out: head.clone(),
             cos_sim_init: f.cos_sim_init,
             device: opts.device,
             ..lookahead(ModelKind::Flyt, f.steps, f.batch, f.down_batch, f.ref_lr, f.score_lr)
         })?;
+        for n in summary.notes.iter().filter(|n| n.starts_with("warning")) {
+            st.say(n);
+        }
         Ok(())
     })?;
     let head_ckpt = head.join("checkpoint.safetensors");
+    let full_head = fdir.join("head-full");
+    if let (Some(ff), true) = (&cfg.flyt_full, runs_method("flyt-full-scs")) {
+        st.time("flyt train flyt --reference full", |_| {
+            let _ = std::fs::remove_dir_all(&full_head);
+            train(&TrainConfig {
+                reference: ReferenceMode::Full,
+                model: Some(ref_dir.clone()),
+                shards: vec![dirs.pool()],
+                down_shards: learned.iter().map(|&i| downs[i].0.clone()).collect(),
+                classnames: learned.iter().map(|&i| downs[i].1.clone()).collect(),
+                templates: learned.iter().map(|&i| template_files[i].clone()).collect(),
+                out: full_head.clone(),
+                cos_sim_init: f.cos_sim_init,
+                device: opts.device,
+                ..lookahead(ModelKind::Flyt, ff.steps, ff.batch, ff.down_batch, ff.ref_lr, ff.score_lr)
+            })?;
+            Ok(())
+        })?;
+    }
     let centroids = fdir.join("centroids.npy");
     st.time("flyt clusters", |_| {
         clusters(&ClustersConfig { pool: pool_emb.clone(), out: centroids.clone(), ..Default::default() })?;
         Ok(())
     })?;
+    let subsets = out.join("subsets");
+    std::fs::create_dir_all(&subsets)?;
+    let scs_path = |method: &str, seed: u64| subsets.join(format!("{method}.seed{seed}.npy"));
+    // one curation per seed sampling `column` (or the mixer) with SCS; its subset kept as `method`'s
+    let sample_per_seed = |st: &mut Stages, method: &str, c: &CurateConfig| -> anyhow::Result<()> {
+        for &seed in &cfg.train.seeds {
+            let mut c = c.clone();
+            c.sample.seed = seed;
+            let summary = st.time(&format!("curate: {method} (seed {seed})"), |_| Ok(curate(c, timely())?))?;
+            st.say(&summary.line);
+            std::fs::copy(cur.join("subset.npy"), scs_path(method, seed))?;
+        }
+        Ok(())
+    };
+    if runs_method("flyt-full-scs") {
+        // the full-reference head scores the pool in the graph; SCS samples its scores
+        let mut c = base.clone();
+        c.score.flyt = Some(full_head.join("checkpoint.safetensors"));
+        c.score.methods = Some(vec![Method::ClipScore, Method::Flyt]);
+        c.score.column = Some("flyt".into());
+        sample_per_seed(&mut st, "flyt-full-scs", &c)?;
+    }
 
     // 5. curation, pass 2: every column the mixer mixes, computed in the graph (re-scored from the stored
     //    embeddings); the mixer is trained on those score tables
@@ -508,7 +671,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         train(&TrainConfig {
             kind: ModelKind::Mflyt,
             pool: Some(pool_emb.clone()),
-            downstream: down_npz.clone(),
+            downstream: learn_npz.clone(),
             scores: tables,
             columns: m.columns.clone(),
             mixer_inputs: match m.mixer_inputs {
@@ -527,24 +690,25 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
 
-    // 6. curation, pass 3 (once per seed): the rows replay, M-FLYT mixes their columns in the dataflow, SCS
-    let subsets = out.join("subsets");
-    std::fs::create_dir_all(&subsets)?;
-    let mut second = scored.clone();
-    second.score.mixer = Some(mix_ckpt.clone());
-    let scs_path = |seed: u64| subsets.join(format!("mflyt-scs.seed{seed}.npy"));
-    for &seed in &cfg.train.seeds {
-        let mut c = second.clone();
-        c.sample.seed = seed;
-        let summary = st.time(&format!("curate: M-FLYT mix + SCS (seed {seed})"), |_| Ok(curate(c, timely())?))?;
-        st.say(&summary.line);
-        std::fs::copy(cur.join("subset.npy"), scs_path(seed))?;
+    // 6. curation, pass 3 (once per SCS row and seed): the rows replay and SCS samples the row's score — CLIP
+    //    score, the FLYT head's, or the mixer's mix of the columns in the dataflow
+    for (method, column) in [("clip-scs", "clip_score"), ("flyt-scs", "flyt")] {
+        if runs_method(method) {
+            let mut c = scored.clone();
+            c.score.column = Some(column.into());
+            sample_per_seed(&mut st, method, &c)?;
+        }
+    }
+    let mut mixed = scored.clone();
+    mixed.score.mixer = Some(mix_ckpt.clone());
+    if runs_method("mflyt-scs") {
+        sample_per_seed(&mut st, "mflyt-scs", &mixed)?;
     }
 
-    // the score table of the final curation: clip_score, flyt, the mixed score
+    // the score table of the final curation: clip_score, flyt (the embedding head), the mixed score
     let scores = report::read_scores(&out)?;
 
-    // 6. train a CLIP per (method, seed)
+    // 7. train a CLIP per (method, seed)
     let pool = st.time("read the pool for training", |_| read_examples(&dirs.pool(), crop, false))?;
     let truth = data::read_truth(&dirs.truth())?;
     let mut row_of: HashMap<Uid, usize> = HashMap::new();
@@ -563,6 +727,8 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         crop,
     };
     let uid_at: Vec<Uid> = keep.iter().map(|&i| pool.uids[i]).collect();
+    let clean_rows: Vec<usize> =
+        (0..uid_at.len()).filter(|&r| truth.get(&uid_at[r]).is_some_and(|t| t.kind == "clean")).collect();
     let results_path = out.join("results.json");
     let previous: Vec<RunResult> = std::fs::read(&results_path)
         .ok()
@@ -570,7 +736,8 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         .filter(|r| r.digest == digest)
         .map(|r| r.runs)
         .unwrap_or_default();
-    let scs_subset = |seed: u64| -> anyhow::Result<Vec<Uid>> { Ok(flyt::read_subset(scs_path(seed))?) };
+    let scs_subset =
+        |method: &str, seed: u64| -> anyhow::Result<Vec<Uid>> { Ok(flyt::read_subset(scs_path(method, seed))?) };
     let mut results = EvalResults {
         config: cfg.clone(),
         digest: digest.clone(),
@@ -578,13 +745,14 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         runs: Vec::new(),
         stages: Vec::new(),
         reference_accuracy,
+        reference_tasks,
         ingest,
         mixer: mixer_json,
         files: BTreeMap::new(),
     };
     for &seed in &cfg.train.seeds {
         for (method, label) in METHODS {
-            if !cfg.methods.run.iter().any(|r| r == method) {
+            if !runs_method(method) {
                 continue;
             }
             if let Some(r) = previous.iter().find(|r| r.method == method && r.seed == seed) {
@@ -592,19 +760,32 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 results.runs.push(r.clone());
                 continue;
             }
-            let ms = multiset(method, seed, &cfg, &scores, &row_of, store.images.len(), &scs_subset)?;
+            let ms = multiset(method, seed, &cfg, &scores, &row_of, store.images.len(), &clean_rows, &scs_subset)?;
+            if !method.ends_with("-scs") {
+                // every row's training multiset as a DataComp subset file (the SCS rows' are the curations' own)
+                let uids: Vec<Uid> = ms.iter().map(|&i| uid_at[i]).collect();
+                flyt::write_subset(scs_path(method, seed), &uids)?;
+            }
             let mut kinds: BTreeMap<String, f64> = BTreeMap::new();
-            let mut classes = vec![0f64; data::CLASSNAMES.len()];
+            let mut classes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            let mut share = vec![0f64; data::DOMAINS.len()];
             for &i in &ms {
                 let t = truth.get(&uid_at[i]);
-                let k = t.map(|t| t.0.clone()).unwrap_or_else(|| "unknown".into());
+                let k = t.map(|t| t.kind.clone()).unwrap_or_else(|| "unknown".into());
                 *kinds.entry(k).or_default() += 1.0 / ms.len() as f64;
-                if let Some(c) = t.and_then(|t| t.1).filter(|&c| c < classes.len()) {
-                    classes[c] += 1.0;
+                if let Some(t) = t
+                    && let (Some(d), Some(c)) = (&t.domain, t.class)
+                    && let Some(di) = data::DOMAINS.iter().position(|(n, _)| n == d)
+                {
+                    classes.entry(d.clone()).or_insert_with(|| vec![0.0; 10])[c.min(9)] += 1.0;
+                    share[di] += 1.0 / ms.len() as f64;
                 }
             }
-            let with_class: f64 = classes.iter().sum();
-            classes.iter_mut().for_each(|c| *c /= with_class.max(1.0));
+            for v in classes.values_mut() {
+                let total: f64 = v.iter().sum();
+                v.iter_mut().for_each(|c| *c /= total.max(1.0));
+            }
+            classes.insert("_share".into(), share);
             let mut uniq = ms.clone();
             uniq.sort_unstable();
             uniq.dedup();
@@ -620,14 +801,14 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                 let t = Instant::now();
                 let p = pretrain_clip(&mcfg, &store, &ms, &pc, dev, |_, _| {})?;
                 let seconds = t.elapsed().as_secs_f64();
-                let z = zero_shot(&p.model, &eval_set.images, crop, &eval_set.labels, &eval_set.prompts, dev, 512)?;
+                let tasks = judge(&p.model, &judges, crop, dev)?;
                 let tail = (p.losses.len() / 10).max(1);
                 let final_loss = p.losses[p.losses.len() - tail..].iter().sum::<f64>() / tail as f64;
                 Ok(RunResult {
                     method: method.into(),
                     seed,
-                    accuracy: z.accuracy,
-                    per_class: z.per_class,
+                    accuracy: mean_of(&tasks),
+                    tasks,
                     unique: uniq.len(),
                     samples: ms.len(),
                     kinds: kinds.clone(),
@@ -636,7 +817,14 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
                     seconds,
                 })
             })?;
-            st.say(&format!("{label}, seed {seed}: {:.2}% ({} unique of {})", 100.0 * r.accuracy, r.unique, r.samples));
+            let per: Vec<String> = r.tasks.iter().map(|t| format!("{} {:.2}%", t.task, 100.0 * t.accuracy)).collect();
+            st.say(&format!(
+                "{label}, seed {seed}: {:.2}% ({}; {} unique of {})",
+                100.0 * r.accuracy,
+                per.join(", "),
+                r.unique,
+                r.samples
+            ));
             results.runs.push(r);
             results.stages = st.list.clone();
             std::fs::write(&results_path, serde_json::to_vec_pretty(&results)?)?;
@@ -653,6 +841,9 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         ("subsets", "subsets"),
     ] {
         results.files.insert(k.into(), v.into());
+    }
+    if runs_method("flyt-full-scs") {
+        results.files.insert("flyt head (full reference)".into(), "flyt/head-full/checkpoint.safetensors".into());
     }
     std::fs::write(&results_path, serde_json::to_vec_pretty(&results)?)?;
     Ok(results)

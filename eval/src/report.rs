@@ -1,7 +1,8 @@
 //! `flyt report`: one self-contained HTML page (inline SVG charts drawn with plotters, inline PNG thumbnails)
-//! from an evaluation's output directory: score histograms per method and pool kind, SCS's count against score
-//! and its unique fraction, the top- and bottom-scored images with their captions, rejects by reason, the
-//! subsets' composition and the accuracy table with error bars.
+//! from an evaluation's output directory: the accuracy table (mean of the judge's tasks and each task, ± standard
+//! error), the paired differences against CLIP-score top-k with error bars, how far each method comes toward the
+//! ceiling, accuracy per class, the subsets' class and domain balance and composition, score histograms per pool
+//! kind, SCS's count against score, the top- and bottom-scored images with their captions, rejects by reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -11,7 +12,7 @@ use anyhow::Context;
 use flyt::{Ingest, ReaderConfig, Record, Uid};
 use plotters::prelude::*;
 
-use super::{EvalResults, METHODS, mean_std};
+use super::{BASELINE, EvalResults, METHODS, mean_se};
 
 const COLOURS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
@@ -156,70 +157,94 @@ fn scs_svg(points: &[(f64, u32)]) -> anyhow::Result<String> {
     Ok(svg)
 }
 
-/// Accuracy per method: mean bars with ± one standard deviation whiskers and each seed as a dot.
-fn accuracy_svg(rows: &[(String, Vec<f64>)], reference: f64) -> anyhow::Result<String> {
-    let ymax = rows.iter().flat_map(|r| r.1.iter()).copied().fold(reference, f64::max).max(0.01) * 100.0 * 1.15;
+/// Per method: mean bars with ± one standard error whiskers and each seed as a dot, from `lo` (0 for accuracies;
+/// below the least value for differences), with a horizontal line at `line` (the reference, or 0).
+fn accuracy_svg(
+    title: &str,
+    y_desc: &str,
+    rows: &[(String, Vec<f64>)],
+    line: (&str, f64),
+    differences: bool,
+) -> anyhow::Result<String> {
+    let values = rows.iter().flat_map(|r| r.1.iter()).copied();
+    let (vmin, vmax) = values.fold((line.1, line.1), |(a, b), x| (a.min(x), b.max(x)));
+    let (ylo, yhi) = if differences {
+        let pad = (vmax - vmin).max(0.005) * 100.0 * 0.15;
+        (vmin * 100.0 - pad, vmax * 100.0 + pad)
+    } else {
+        (0.0, vmax.max(0.01) * 100.0 * 1.25)
+    };
     let n = rows.len().max(1);
+    // horizontal bars, the first row on top: ten method names stay readable
+    let y_of = |i: usize| (n - 1 - i) as f64;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (720, 380)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (760, 90 + 34 * n as u32)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Zero-shot top-1 accuracy (mean ± std over seeds)", ("sans-serif", 18))
-            .margin(10)
+            .caption(title, ("sans-serif", 15))
+            .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(52)
-            .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..ymax)
+            .y_label_area_size(190)
+            .build_cartesian_2d(ylo..yhi, -0.5..(n as f64 - 0.5))
             .map_err(err)?;
         let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
         chart
             .configure_mesh()
-            .disable_x_mesh()
+            .disable_y_mesh()
             .light_line_style(WHITE)
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 {
-                    names.get(i as usize).cloned().unwrap_or_default()
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    names.get(n - 1 - i as usize).cloned().unwrap_or_default()
                 } else {
                     String::new()
                 }
             })
-            .y_desc("accuracy (%)")
+            .y_label_style(("sans-serif", 12))
+            .x_desc(y_desc)
             .draw()
             .map_err(err)?;
+        let base = if differences { 0.0 } else { ylo };
         for (i, (_, acc)) in rows.iter().enumerate() {
-            let (m, s) = mean_std(acc);
+            let (m, s) = mean_se(acc);
             let (m, s) = (100.0 * m, 100.0 * s);
-            let x = i as f64;
+            let y = y_of(i);
             let c = COLOURS[i % COLOURS.len()];
             chart
-                .draw_series(std::iter::once(Rectangle::new([(x - 0.3, 0.0), (x + 0.3, m)], c.mix(0.6).filled())))
+                .draw_series(std::iter::once(Rectangle::new([(base, y - 0.3), (m, y + 0.3)], c.mix(0.6).filled())))
                 .map_err(err)?;
             chart
-                .draw_series(std::iter::once(PathElement::new(vec![(x, m - s), (x, m + s)], BLACK.stroke_width(2))))
+                .draw_series(std::iter::once(PathElement::new(vec![(m - s, y), (m + s, y)], BLACK.stroke_width(2))))
                 .map_err(err)?;
-            for y in [m - s, m + s] {
+            for x in [m - s, m + s] {
                 chart
                     .draw_series(std::iter::once(PathElement::new(
-                        vec![(x - 0.08, y), (x + 0.08, y)],
+                        vec![(x, y - 0.12), (x, y + 0.12)],
                         BLACK.stroke_width(2),
                     )))
                     .map_err(err)?;
             }
             chart
-                .draw_series(acc.iter().map(|&a| Circle::new((x + 0.15, 100.0 * a), 3, BLACK.filled())))
+                .draw_series(acc.iter().map(|&a| Circle::new((100.0 * a, y - 0.18), 3, BLACK.filled())))
                 .map_err(err)?;
         }
         chart
             .draw_series(LineSeries::new(
-                [(-0.5, 100.0 * reference), (n as f64 - 0.5, 100.0 * reference)],
+                [(100.0 * line.1, -0.5), (100.0 * line.1, n as f64 - 0.5)],
                 COLOURS[7].stroke_width(1),
             ))
             .map_err(err)?
-            .label("reference CLIP")
+            .label(line.0)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], COLOURS[7].stroke_width(1)));
-        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
@@ -310,11 +335,11 @@ pub fn write(out: &Path, path: &Path) -> anyhow::Result<PathBuf> {
     .with_context(|| format!("parsing {}", results_path.display()))?;
     let truth = super::data::read_truth(&out.join("data/truth.csv"))?;
     let scores = read_scores(out)?;
-    let kind_of = |u: &Uid| truth.get(u).map(|t| t.0.as_str()).unwrap_or("unknown");
+    let kind_of = |u: &Uid| truth.get(u).map(|t| t.kind.as_str()).unwrap_or("unknown");
     let kinds: Vec<&str> = super::data::KINDS.iter().copied().filter(|k| *k != "broken").collect();
 
     let mut html = String::new();
-    let title = "flyt evaluation: a mini-DataComp from Fashion-MNIST, Openclipart and web alt-text";
+    let title = "flyt evaluation: a mini-DataComp from Fashion-MNIST, handwritten digits, Openclipart and web alt-text";
     write!(
         html,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
@@ -329,11 +354,15 @@ pub fn write(out: &Path, path: &Path) -> anyhow::Result<PathBuf> {
     )?;
     let cfg = &results.config;
     let kinds_line: Vec<String> = results.data.kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let task_names = results.task_names();
+    let reference_line: Vec<String> =
+        results.reference_tasks.iter().map(|t| format!("{} {:.2}%", esc(&t.task), 100.0 * t.accuracy)).collect();
     writeln!(
         html,
         "<p class=\"note\">Pool: {} samples ({}). Each method's subset trains a fresh CLIP ({} layers, width {}, {}px, \
-         patch {}) for {} steps × batch {} = {} samples seen; zero-shot top-1 on {} evaluation images; seeds {:?}. \
-         The reference CLIP (trained on a held-out clean slice) reaches {:.2}%.</p>",
+         patch {}) for {} steps × batch {} = {} samples seen; the judge measures zero-shot top-1 on {} held-out images \
+         of {} task(s) ({}), and the headline is their mean; seeds {:?}; ± is the standard error over seeds. The \
+         reference CLIP (trained on a web-like slice mixed as the pool is) reaches {:.2}% ({}).</p>",
         results.data.kinds.values().sum::<usize>(),
         esc(&kinds_line.join(", ")),
         cfg.model.layers,
@@ -344,28 +373,56 @@ pub fn write(out: &Path, path: &Path) -> anyhow::Result<PathBuf> {
         cfg.train.batch,
         cfg.train.steps * cfg.train.batch,
         results.data.eval,
+        task_names.len(),
+        esc(&task_names.join(", ")),
         cfg.train.seeds,
-        100.0 * results.reference_accuracy
+        100.0 * results.reference_accuracy,
+        reference_line.join(", ")
     )?;
 
     // accuracy
-    let rows: Vec<(String, Vec<f64>)> =
-        METHODS.iter().map(|(m, l)| (l.to_string(), results.accuracies(m))).filter(|r| !r.1.is_empty()).collect();
-    html.push_str("<h2 id=\"accuracy\">Accuracy</h2>\n<table id=\"accuracy-table\"><tr><th>method</th><th>zero-shot top-1 (mean ± std)</th><th>seeds</th><th>per seed</th><th>unique uids</th><th>samples</th></tr>\n");
-    for (m, label) in METHODS {
-        let runs: Vec<_> = results.runs.iter().filter(|r| r.method == m).collect();
-        if runs.is_empty() {
-            continue;
-        }
+    let ran: Vec<(&str, &str)> = METHODS.iter().copied().filter(|(m, _)| !results.accuracies(m).is_empty()).collect();
+    let pm = |xs: &[f64]| {
+        let (m, se) = mean_se(xs);
+        format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * se)
+    };
+    let ceiling = mean_se(&results.accuracies("ceiling")).0;
+    let floor = mean_se(&results.accuracies("no-filter")).0;
+    let baseline_label = METHODS.iter().find(|(m, _)| *m == BASELINE).map(|(_, l)| *l).unwrap_or(BASELINE);
+    html.push_str("<h2 id=\"accuracy\">Accuracy</h2>\n<table id=\"accuracy-table\"><tr><th>method</th><th>zero-shot top-1, mean of tasks (± s.e.)</th>");
+    for t in &task_names {
+        write!(html, "<th>{}</th>", esc(t))?;
+    }
+    writeln!(
+        html,
+        "<th>paired difference vs {} (± s.e.)</th><th>of the way from no filter to the ceiling</th><th>seeds</th>\
+         <th>per seed</th><th>unique uids</th><th>samples</th></tr>",
+        esc(baseline_label)
+    )?;
+    for (m, label) in &ran {
+        let runs: Vec<_> = results.runs.iter().filter(|r| r.method == *m).collect();
         let acc: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
-        let (mean, std) = mean_std(&acc);
+        write!(html, "<tr><td>{}</td><td>{}</td>", esc(label), pm(&acc))?;
+        for i in 0..task_names.len() {
+            write!(html, "<td>{}</td>", pm(&results.task_accuracies(m, i)))?;
+        }
+        let d = results.paired(m);
+        let diff = if *m == BASELINE || d.is_empty() {
+            "—".to_string()
+        } else {
+            let (dm, se) = mean_se(&d);
+            format!("{:+.2} ± {:.2}", 100.0 * dm, 100.0 * se)
+        };
+        let mean = mean_se(&acc).0;
+        let way = if ceiling.is_finite() && floor.is_finite() && (ceiling - floor).abs() > 1e-9 {
+            format!("{:.0}%", 100.0 * (mean - floor) / (ceiling - floor))
+        } else {
+            "—".to_string()
+        };
         let per: Vec<String> = runs.iter().map(|r| format!("{:.2}", 100.0 * r.accuracy)).collect();
         writeln!(
             html,
-            "<tr><td>{}</td><td>{:.2} ± {:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(label),
-            100.0 * mean,
-            100.0 * std,
+            "<td>{diff}</td><td>{way}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             runs.len(),
             per.join(", "),
             runs[0].unique,
@@ -373,43 +430,95 @@ pub fn write(out: &Path, path: &Path) -> anyhow::Result<PathBuf> {
         )?;
     }
     html.push_str("</table>\n");
-    html.push_str(&accuracy_svg(&rows, results.reference_accuracy)?);
+    let rows: Vec<(String, Vec<f64>)> = ran.iter().map(|(m, l)| (l.to_string(), results.accuracies(m))).collect();
+    html.push_str("<div class=\"charts\">");
+    html.push_str(&accuracy_svg(
+        "Zero-shot top-1, mean of the judge's tasks (mean ± s.e. over seeds)",
+        "accuracy (%)",
+        &rows,
+        ("reference CLIP", results.reference_accuracy),
+        false,
+    )?);
+    let paired: Vec<(String, Vec<f64>)> = ran
+        .iter()
+        .filter(|(m, _)| *m != BASELINE)
+        .map(|(m, l)| (l.to_string(), results.paired(m)))
+        .filter(|r| !r.1.is_empty())
+        .collect();
+    if !paired.is_empty() {
+        writeln!(html, "<div id=\"paired\">")?;
+        html.push_str(&accuracy_svg(
+            &format!("Paired difference against {baseline_label} (same seed), mean ± s.e."),
+            "accuracy difference (points)",
+            &paired,
+            ("no difference", 0.0),
+            true,
+        )?);
+        html.push_str("</div>");
+    }
+    html.push_str("</div>\n");
+    if ceiling.is_finite() {
+        writeln!(
+            html,
+            "<p class=\"note\" id=\"ceiling\">The ceiling trains on the clean on-task samples only, at the same budget: \
+             {:.2}%. \"Of the way\" is (method − no filter) / (ceiling − no filter).</p>",
+            100.0 * ceiling
+        )?;
+    }
 
     // per class
-    let classes = std::fs::read_to_string(out.join("data/eval/classnames.txt"))
-        .map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
-        .unwrap_or_default();
-    html.push_str("<h2>Accuracy per class</h2><p class=\"note\">Mean over seeds. A method whose scores favour some classes loses the others when it keeps a hard top k.</p><table id=\"per-class\"><tr><th>method</th>");
-    let n_classes = results.runs.first().map(|r| r.per_class.len()).unwrap_or(0);
-    for c in 0..n_classes {
-        write!(html, "<th>{}</th>", esc(classes.get(c).map(String::as_str).unwrap_or(&c.to_string())))?;
+    for (ti, tname) in task_names.iter().enumerate() {
+        let dir_names = std::fs::read_to_string(out.join(format!("data/eval-{ti}/classnames.txt")))
+            .map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        write!(
+            html,
+            "<h2>Accuracy per class: {}</h2><p class=\"note\">Mean over seeds. A method whose scores favour some classes \
+             loses the others when it keeps a hard top k.</p><table class=\"per-class\"><tr><th>method</th>",
+            esc(tname)
+        )?;
+        let n_classes = results.runs.first().and_then(|r| r.tasks.get(ti)).map(|t| t.per_class.len()).unwrap_or(0);
+        for c in 0..n_classes {
+            write!(html, "<th>{}</th>", esc(dir_names.get(c).map(String::as_str).unwrap_or(&c.to_string())))?;
+        }
+        html.push_str("</tr>\n");
+        for (m, label) in &ran {
+            write!(html, "<tr><td>{}</td>", esc(label))?;
+            for c in 0..n_classes {
+                let v: Vec<f64> = results
+                    .runs
+                    .iter()
+                    .filter(|r| r.method == *m)
+                    .filter_map(|r| r.tasks.get(ti).and_then(|t| t.per_class.get(c)).copied())
+                    .collect();
+                write!(html, "<td>{:.1}</td>", 100.0 * mean_se(&v).0)?;
+            }
+            html.push_str("</tr>\n");
+        }
+        html.push_str("</table>\n");
     }
-    html.push_str("</tr>\n");
-    for (m, label) in METHODS {
-        let runs: Vec<_> = results.runs.iter().filter(|r| r.method == m).collect();
-        if runs.is_empty() {
+
+    // class balance of the training data, per domain
+    for (di, (domain, names)) in super::data::DOMAINS.iter().enumerate() {
+        if !results.runs.iter().any(|r| r.classes.contains_key(*domain)) {
             continue;
         }
-        write!(html, "<tr><td>{}</td>", esc(label))?;
-        for c in 0..n_classes {
-            let v: Vec<f64> = runs.iter().filter_map(|r| r.per_class.get(c).copied()).collect();
-            write!(html, "<td>{:.1}</td>", 100.0 * mean_std(&v).0)?;
+        write!(
+            html,
+            "<h2>Class balance of what each subset trains on: {domain}</h2><p class=\"note\">Of the samples seen (first \
+             seed) whose image is from {domain}, the share of each true class, and {domain}'s share of everything \
+             seen: a filter that starves a class or a domain shows here first.</p><table class=\"class-balance\">\
+             <tr><th>method</th><th>share of samples seen</th>"
+        )?;
+        for n in names.iter() {
+            write!(html, "<th>{}</th>", esc(n))?;
         }
         html.push_str("</tr>\n");
-    }
-    html.push_str("</table>\n");
-
-    // class balance of the training data
-    if results.runs.iter().any(|r| !r.classes.is_empty()) {
-        html.push_str("<h2>Class balance of what each subset trains on</h2><p class=\"note\">Of the samples seen (first seed) whose image is a Fashion-MNIST image, the share of each true class: a filter that starves a class shows here first.</p><table id=\"class-balance\"><tr><th>method</th>");
-        for c in 0..super::data::CLASSNAMES.len() {
-            write!(html, "<th>{}</th>", esc(super::data::CLASSNAMES[c]))?;
-        }
-        html.push_str("</tr>\n");
-        for (m, label) in METHODS {
-            if let Some(r) = results.runs.iter().find(|r| r.method == m && !r.classes.is_empty()) {
-                write!(html, "<tr><td>{}</td>", esc(label))?;
-                for v in &r.classes {
+        for (m, label) in &ran {
+            if let Some(r) = results.runs.iter().find(|r| r.method == *m) {
+                let share = r.classes.get("_share").and_then(|s| s.get(di)).copied().unwrap_or(0.0);
+                write!(html, "<tr><td>{}</td><td>{:.1}%</td>", esc(label), 100.0 * share)?;
+                for v in r.classes.get(*domain).map(|v| v.as_slice()).unwrap_or(&[]) {
                     write!(html, "<td>{:.1}%</td>", 100.0 * v)?;
                 }
                 html.push_str("</tr>\n");

@@ -1,6 +1,6 @@
 """Loads a flyt report in headless Chromium (Debian's, driven by Playwright) and prints what a reader would see
 as JSON: console errors, page errors, failed requests, the accuracy table's rows, images that did not decode,
-the number of charts. Saves a full-page screenshot.
+the number of charts, the paired-difference chart and the ceiling note. Saves a full-page screenshot.
 
 usage: check_report.py REPORT.html SCREENSHOT.png [CHROMIUM]
 """
@@ -43,6 +43,8 @@ with sync_playwright() as p:
     charts = page.eval_on_selector_all("svg", "s => s.length")
     visible = page.is_visible("#accuracy-table")
     headings = page.eval_on_selector_all("h2", "hs => hs.map(h => h.innerText)")
+    paired = page.eval_on_selector_all("#paired svg", "s => s.length")
+    ceiling = page.eval_on_selector_all("#ceiling", "ps => ps.map(p => p.innerText)")
     page.screenshot(path=shot, full_page=True)
     browser.close()
 
@@ -58,6 +60,8 @@ print(
             "broken_images": sum(1 for i in images if not i["ok"]),
             "charts": charts,
             "headings": headings,
+            "paired_charts": paired,
+            "ceiling_note": ceiling[0] if ceiling else None,
         }
     )
 )
