@@ -74,7 +74,7 @@ pub struct PoolMix {
     pub digits: f64,
     /// Images captioned with another class of their domain.
     pub wrong_class: f64,
-    /// Fashion-MNIST images with a real web alt-text caption.
+    /// Images (of either domain) with a real web alt-text caption.
     pub alt_text: f64,
     /// Noise images with a class caption.
     pub noise: f64,
@@ -114,7 +114,8 @@ pub struct Reference {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TaskSource {
-    /// Fashion-MNIST's `train` (disjoint from the pool and reference) or `test` split, the first `count` images.
+    /// Fashion-MNIST's `train` split (`count` images drawn disjoint from the pool's, the reference's and every other
+    /// train task's) or its `test` split (the first `count` images).
     FashionMnist {
         /// `train` or `test`.
         split: String,
