@@ -624,7 +624,8 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
             c.sample.seed = seed;
             let summary = st.time(&format!("curate: {method} (seed {seed})"), |_| Ok(curate(c, timely())?))?;
             st.say(&summary.line);
-            std::fs::copy(cur.join("subset.npy"), scs_path(method, seed))?;
+            let (from, to) = (cur.join("subset.npy"), scs_path(method, seed));
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
         Ok(())
     };
