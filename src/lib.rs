@@ -45,8 +45,8 @@ pub use datacomp::{
     read_subset, write_metadata, write_npz, write_subset,
 };
 pub use datacomp::{
-    RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,
-    write_score_table,
+    RowMeta, ScoreTable, check_scores, digest_prefix, read_score_table, read_scores_npy, read_scores_parquet,
+    sha256_hex, write_counts_parquet, write_duplicates_table, write_score_table,
 };
 pub use device::DeviceSpec;
 pub use digest::file_sha256;

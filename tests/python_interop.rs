@@ -297,3 +297,93 @@ for uid, n in sorted(c.items()): print(uid, n)
     assert!(err.contains("not empty") && err.contains("--overwrite"), "{err}");
     flyt::reshard(&counts, &shards, &out, 7, true, |_, _| {}).unwrap();
 }
+
+/// SemDeDup against a numpy transcription of the authors' `semdedup.py` (`keep_hard=True`: each cluster sorted
+/// farthest from its centroid first, `M = max(triu(X Xᵀ, 1), axis=0)`, removed when `M ≥ 1 − ε`), in float64,
+/// on a random pool with planted near-duplicates.
+#[test]
+fn semdedup_equals_a_numpy_reference() {
+    use flyt::methods::{SemDedupInput, normalize, semdedup};
+    let (n, dim, k, eps) = (600usize, 32usize, 7u32, 0.04f32);
+    let mut rng = flyt::rng::SplitMix64::new(11);
+    let mut image: Vec<f32> = Vec::new();
+    for i in 0..n {
+        let mut v: Vec<f32> = if i > 10 && rng.unit() < 0.35 {
+            let j = rng.below(i as u64) as usize;
+            let s = [0.005f32, 0.03, 0.08][rng.below(3) as usize];
+            image[j * dim..(j + 1) * dim].iter().map(|x| x + s * (rng.unit() as f32 - 0.5)).collect()
+        } else {
+            (0..dim).map(|_| rng.unit() as f32 - 0.5).collect()
+        };
+        normalize(&mut v);
+        image.extend(v);
+    }
+    let uids: Vec<Uid> = (0..n as u128).map(|i| Uid::from_u128(i + 1)).collect();
+    let cluster: Vec<u32> = (0..n).map(|_| rng.below(k as u64) as u32).collect();
+    let sims: Vec<f32> = (0..n).map(|_| (rng.below(40) as f32) / 40.0).collect(); // ties: uid (= row) decides
+    let ours =
+        semdedup(&SemDedupInput { dim, uids: &uids, cluster: &cluster, centroid_sim: &sims, image: &image }, eps, 2)
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("pool.npz");
+    let mut arrays = BTreeMap::new();
+    arrays.insert("image".to_string(), NpyArray { shape: vec![n, dim], data: NpyData::F32(image.clone()) });
+    arrays.insert(
+        "cluster".to_string(),
+        NpyArray { shape: vec![n], data: NpyData::I64(cluster.iter().map(|c| *c as i64).collect()) },
+    );
+    arrays.insert("centroid_sim".to_string(), NpyArray { shape: vec![n], data: NpyData::F32(sims.clone()) });
+    flyt::write_npz(&npz, &arrays, false).unwrap();
+    let out = run_python(
+        r#"
+import sys, numpy as np
+d = np.load(sys.argv[1]); eps = float(sys.argv[2])
+X = d["image"].astype(np.float64); cl = d["cluster"]; cs = d["centroid_sim"].astype(np.float64)
+n = len(cl); M = np.full(n, np.nan); keep = np.ones(n, dtype=bool)
+for c in np.unique(cl):
+    rows = np.where(cl == c)[0]
+    # keep_hard: largest distance to the centroid (1 - cosine) first; ties by uid (= row here)
+    order = rows[np.lexsort((rows, -(1.0 - cs[rows])))]
+    x = X[order]
+    sim = x @ x.T
+    np.fill_diagonal(sim, 0.0)
+    tri = np.triu(sim, k=1)
+    m = tri.max(axis=0)
+    m[0] = np.nan
+    M[order] = m
+    keep[order] = ~(m >= 1.0 - eps)
+    keep[order[0]] = True
+for i in range(n): print(int(keep[i]), repr(float(M[i])))
+"#,
+        &[npz.to_str().unwrap(), &eps.to_string()],
+    );
+    let theirs: Vec<(bool, f64)> = out
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a == "1", b.parse::<f64>().unwrap())
+        })
+        .collect();
+    assert_eq!(theirs.len(), n);
+    let threshold = 1.0 - eps as f64;
+    let (mut removed, mut near) = (0, 0);
+    for (i, (v, (keep, m))) in ours.iter().zip(&theirs).enumerate() {
+        match v.similarity() {
+            None => assert!(m.is_nan(), "row {i}: numpy has {m}, we have no earlier member"),
+            Some(s) => {
+                // numpy's triu max counts a negative best as 0 (the zeroed lower triangle); compare above 0
+                if *m > 0.0 || s > 0.0 {
+                    assert!((s as f64 - m.max(0.0)).abs() < 1e-5, "row {i}: sim {s} vs numpy {m}");
+                }
+            }
+        }
+        if (m - threshold).abs() < 1e-5 {
+            near += 1;
+            continue; // f32 against f64 at the threshold: either answer is right
+        }
+        assert_eq!(v.keep, *keep, "row {i}: keep {} vs numpy {keep} (sim {m})", v.keep);
+        removed += usize::from(!keep);
+    }
+    assert!(removed > 50, "the planted near-duplicates are found ({removed} removed)");
+    assert!(near < 3, "{near} rows sit on the threshold");
+}

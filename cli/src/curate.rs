@@ -84,6 +84,10 @@ pub struct Args {
     /// A directory of external per-uid score parquet files (watched), joined on uid for the mix.
     #[arg(long)]
     pub scores: Option<PathBuf>,
+    /// Take exact content duplicates out of the pool before sampling (same image bytes or same decoded
+    /// pixels: the least uid stays; the others are listed in OUT/duplicates.parquet). Same as [dedup] exact.
+    #[arg(long)]
+    pub dedup_exact: bool,
     /// SCS repetition penalty α.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -142,6 +146,9 @@ impl Args {
         set!(c.embed.batch_size, self.batch_size);
         set!(c.sample.alpha, self.alpha);
         set!(c.sample.seed, self.seed);
+        if self.dedup_exact {
+            c.dedup.exact = true;
+        }
         if self.model.is_some() {
             c.embed.model = self.model.clone();
         }

@@ -30,6 +30,10 @@ pub enum Method {
     NormSimInf,
     /// Top `--fraction` / `≥ --threshold` by NormSim₂ to the downstream images.
     NormSim2,
+    /// SemDeDup (Abbas et al. 2023): within each k-means cluster of the image embeddings (`--centroids`, or
+    /// fitted here with `--clusters`), drop a sample whose cosine to one farther from the centroid is
+    /// ≥ 1 − `--epsilon`.
+    Semdedup,
 }
 
 /// Inputs shared by `flyt filter` and `flyt scores`.
@@ -120,6 +124,10 @@ pub struct Args {
     /// Also write the score columns computed, per uid, as parquet.
     #[arg(long)]
     pub scores: Option<PathBuf>,
+    /// SemDeDup's ε: a sample goes when its cosine to an earlier-ranked member of its cluster is ≥ 1 − ε
+    /// (default 0.05).
+    #[arg(long)]
+    pub epsilon: Option<f32>,
 }
 
 /// Arguments of `flyt scores`.
@@ -179,6 +187,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Method::NegClipLoss => FilterMethod::NegClipLoss,
         Method::NormSimInf => FilterMethod::NormSimInf,
         Method::NormSim2 => FilterMethod::NormSim2,
+        Method::Semdedup => FilterMethod::SemDedup,
     };
     let r = filter(&FilterConfig {
         method,
@@ -187,6 +196,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         threshold: a.threshold,
         out: a.out.clone(),
         scores: a.scores,
+        epsilon: a.epsilon,
     })?;
     print_rejected(&r.rejected);
     println!(

@@ -436,6 +436,13 @@ fn mean_of(tasks: &[TaskScore]) -> f64 {
     tasks.iter().map(|t| t.accuracy).sum::<f64>() / tasks.len().max(1) as f64
 }
 
+/// Builds (or reuses) only the evaluation's data under `root` (`root/pool` the pool's shards, `root/truth.csv`
+/// each pool sample's kind); returns the pool's counts per kind.
+pub fn build_data(cfg: &EvalConfig, root: &Path) -> anyhow::Result<BTreeMap<String, usize>> {
+    let dirs = data::DataDirs { root: root.to_path_buf() };
+    Ok(data::build(cfg, &dirs, &mut |_| {})?.kinds)
+}
+
 /// Runs the evaluation; results and the report land in `opts.out`.
 pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     cfg.validate()?;

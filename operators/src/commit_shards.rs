@@ -98,7 +98,21 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
     }
     let cols: Vec<(&str, &[f32])> =
         o.columns.iter().map(|c| c.as_str()).zip(columns.iter().map(|v| v.as_slice())).collect();
-    flyt::write_score_table(layout.scores(&name), &emb.ids, &[], &cols).map_err(|e| fail(e.to_string()))?;
+    // The content digests go into the score table (for exact dedup on replay); captions and sizes do not.
+    let digests: Vec<flyt::RowMeta> = if emb.meta.len() == emb.ids.len() {
+        emb.meta
+            .iter()
+            .map(|m| flyt::RowMeta {
+                sha256: m.sha256.clone(),
+                pixels_sha256: m.pixels_sha256.clone(),
+                ..Default::default()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let content: Vec<(Option<u128>, Option<u128>)> = digests.iter().map(|m| m.content()).collect();
+    flyt::write_score_table(layout.scores(&name), &emb.ids, &digests, &cols).map_err(|e| fail(e.to_string()))?;
     layout.write_rejects(&name, &rejects).map_err(|e| fail(e.to_string()))?;
     let mut embeddings = None;
     if o.store && matches!(via, Via::Model { .. }) {
@@ -135,5 +149,5 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
     };
     layout.write_record(&record).map_err(|e| fail(e.to_string()))?;
     let summary = ShardSummary { name: name.clone(), rows: record.rows, stats, replayed: false, via: via_name.into() };
-    Ok((ShardScores { name, ids: emb.ids, columns }, summary))
+    Ok((ShardScores { name, ids: emb.ids, columns, content }, summary))
 }

@@ -16,7 +16,7 @@ use crate::PoolRow;
 /// use flyt_operators::{DedupUids, PoolRow};
 ///
 /// timely::example(|scope| {
-///     let row = |shard: &str| PoolRow { shard: shard.into(), key: "k".into(), values: vec![1.0f32.to_bits()] };
+///     let row = |shard: &str| PoolRow { shard: shard.into(), key: "k".into(), values: vec![1.0f32.to_bits()], ..Default::default() };
 ///     let (_, rows) = scope.new_collection_from(vec![(Uid::from_u128(1), row("b")), (Uid::from_u128(1), row("a"))]);
 ///     let (_, want) = scope.new_collection_from(vec![(Uid::from_u128(1), row("a"))]);
 ///     rows.dedup_uids().assert_eq(want);

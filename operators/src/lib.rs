@@ -12,7 +12,7 @@
 //! - per shard: [`AssembleShards`] (its rows, columns, counts and rejects) and [`CommitShards`] (its files, then
 //!   its commit record), or [`ReplayShards`] (a shard committed earlier, from its score table);
 //! - the pool, as differential collections keyed by uid: [`PoolRows`], [`DedupUids`] (one row per uid,
-//!   arrival-order free), [`ReadScoreFiles`] and [`MixScores`] (M-FLYT's mixer, joining external score files on
+//!   arrival-order free), [`DedupContent`] (exact content duplicates), [`ReadScoreFiles`] and [`MixScores`] (M-FLYT's mixer, joining external score files on
 //!   uid), [`SoftCapSample`] (incremental SCS: uids with their counts as multiplicities);
 //! - the sink: [`PublishSubset`] (`subset.npy`, then `manifest.json`).
 //!
@@ -22,6 +22,7 @@ mod assemble_shards;
 mod commit_shards;
 mod counters;
 mod decode_shards;
+mod dedup_content;
 mod dedup_uids;
 mod embed_clip;
 mod gather_shards;
@@ -46,6 +47,7 @@ pub use assemble_shards::{AssembleShards, AssembledShard, Part, ShardFailure};
 pub use commit_shards::{CommitOptions, CommitShards};
 pub use counters::Counters;
 pub use decode_shards::{DecodeShards, ShardEvent};
+pub use dedup_content::{DedupContent, Deduped, Duplicate, DuplicateReason};
 pub use dedup_uids::DedupUids;
 pub use differential_dataflow;
 pub use embed_clip::{EmbedClip, EmbedCounters};

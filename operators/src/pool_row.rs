@@ -12,7 +12,7 @@ use timely::dataflow::operators::generic::Operator;
 /// One scored row of a shard (the value of a `(Uid, PoolRow)` pool collection). Ordered by shard name, then
 /// key, then values, so "the least row of a uid" is a choice that does not depend on arrival order or on the
 /// number of workers.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PoolRow {
     /// The shard's name (its file name without extension).
     pub shard: String,
@@ -20,6 +20,12 @@ pub struct PoolRow {
     pub key: String,
     /// Per-method scores as `f32` bit patterns, in the pipeline's internal column order.
     pub values: Vec<u32>,
+    /// The first 128 bits of the SHA-256 of the image's bytes (DataComp's `sha256`), when known.
+    #[serde(default)]
+    pub bytes: Option<u128>,
+    /// The first 128 bits of the SHA-256 of the decoded image, when known.
+    #[serde(default)]
+    pub pixels: Option<u128>,
 }
 
 impl PoolRow {
@@ -55,6 +61,8 @@ pub fn pool_rows(s: &ShardScores) -> Vec<(Uid, PoolRow)> {
                     shard: s.name.clone(),
                     key: key.clone(),
                     values: s.columns.iter().map(|c| c[i].to_bits()).collect(),
+                    bytes: s.content.get(i).and_then(|c| c.0),
+                    pixels: s.content.get(i).and_then(|c| c.1),
                 },
             )
         })

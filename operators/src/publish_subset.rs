@@ -68,6 +68,8 @@ pub enum SinkEvent {
     Count(Uid, i64),
     /// A change in the number of distinct uids in the pool.
     Pool(i64),
+    /// A uid left out of (or, `-1`, back into) the pool as a duplicate.
+    Duplicate(Uid, crate::Duplicate, i64),
 }
 
 /// What the manifest says besides the shards: the run's configuration and models.
@@ -84,6 +86,8 @@ pub struct PublishOptions {
     pub counters: Arc<Counters>,
     /// Whether this worker publishes (global worker 0; every event is routed there).
     pub publisher: bool,
+    /// Whether dedup runs: then `OUT/duplicates.parquet` is written before each manifest.
+    pub duplicates: bool,
     /// Kept equal to the least time not yet complete (`u64::MAX` at the end), for the source on the same worker.
     pub done_before: Rc<Cell<u64>>,
 }
@@ -96,6 +100,7 @@ struct State {
     external: BTreeMap<PathBuf, (u64, Vec<String>, Option<String>)>,
     pool: i64,
     version: u64,
+    duplicates: BTreeMap<(Uid, crate::Duplicate), i64>,
 }
 
 /// Publishes the subset and the manifest. All events are routed to global worker 0, which writes them; every
@@ -173,6 +178,13 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
             }
         }
         SinkEvent::Pool(d) => state.pool += d,
+        SinkEvent::Duplicate(uid, dup, d) => {
+            let c = state.duplicates.entry((uid, dup)).or_insert(0);
+            *c += d;
+            if *c == 0 {
+                state.duplicates.remove(&(uid, dup));
+            }
+        }
         SinkEvent::Committed(s) => {
             progress.done.fetch_add(1, Ordering::Relaxed);
             if s.replayed {
@@ -219,6 +231,19 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
         rows += s.rows;
     }
     let max_count = counts.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    let dedup = if ctx.duplicates {
+        let rows: Vec<(Uid, crate::Duplicate)> =
+            state.duplicates.iter().filter(|(_, c)| **c > 0).map(|(k, _)| *k).collect();
+        let path = ctx.layout.out.join("duplicates.parquet");
+        write_duplicates(&path, &rows)?;
+        let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, d) in &rows {
+            *by.entry(d.reason.name()).or_default() += 1;
+        }
+        json!({"file": "duplicates.parquet", "sha256": flyt::file_sha256(&path)?, "uids": rows.len(), "by_reason": by})
+    } else {
+        serde_json::Value::Null
+    };
     let manifest = json!({
         "version": state.version,
         "complete": frontier == u64::MAX,
@@ -238,6 +263,7 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
             "scored": ctx.counters.scs.pool.load(Ordering::Relaxed),
             "non_finite_scores": ctx.counters.scs.non_finite.load(Ordering::Relaxed),
         },
+        "dedup": dedup,
         "ingest": total,
         "shards": state.shards.values().map(|s| json!({
             "name": s.name, "rows": s.rows, "via": s.via, "replayed": s.replayed,
@@ -254,4 +280,12 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
         .map_err(|e| flyt::Error::format(ctx.layout.manifest(), "manifest", e.to_string()))?;
     flyt::write_atomic(&ctx.layout.manifest(), text.as_bytes())?;
     Ok(())
+}
+
+/// Writes `duplicates.parquet`: `uid`, `duplicate_of`, `reason`, `similarity` (near duplicates), sorted by uid.
+fn write_duplicates(path: &std::path::Path, rows: &[(Uid, crate::Duplicate)]) -> flyt::Result<()> {
+    flyt::write_duplicates_table(
+        path,
+        &rows.iter().map(|(u, d)| (*u, d.of, d.reason.name(), d.similarity.map(f32::from_bits))).collect::<Vec<_>>(),
+    )
 }

@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                             shard: String::new(),
                                             key: String::new(),
                                             values: vec![(1.0 + w).ln().to_bits()],
+                                            ..Default::default()
                                         };
                                         session.give(((uid, row), t, 1));
                                     }

@@ -87,7 +87,12 @@ impl Front {
                 let (samples, events) = tars.decode_shards_local(self.reader.clone(), self.decode_budget);
                 embeddings.push(samples.map(|s| Embeddings {
                     ids: vec![(s.uid, s.key.clone())],
-                    meta: vec![RowMeta { text: s.caption.clone(), original_size: s.original_size() }],
+                    meta: vec![RowMeta {
+                        text: s.caption.clone(),
+                        original_size: s.original_size(),
+                        sha256: s.image().map(flyt::sha256_hex),
+                        pixels_sha256: None,
+                    }],
                     ..Default::default()
                 }));
                 parts.push(events.map(Part::Event));

@@ -34,8 +34,8 @@ mod plot;
 mod shards;
 
 pub use curate::{
-    Arrival, CurateConfig, Embed, EmbeddingSource, Input, Output, STOP, Sample, Score, Summary, install_stop_signals,
-    run as curate,
+    Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, STOP, Sample, Score, Summary,
+    install_stop_signals, run as curate,
 };
 pub(crate) use error::Context;
 pub use error::{Error, Result, report};

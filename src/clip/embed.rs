@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 
-use super::preprocess::{preprocess, preprocess_fast, to_pixels};
+use super::preprocess::{preprocess_digested, to_pixels};
 use super::{Clip, ClipTokenizer, l2_normalize};
 use crate::sample::{RejectReason, Rejected};
 use crate::{Result, Sample};
@@ -76,6 +76,13 @@ impl Embeddings {
         self.ids.iter().map(|(u, _)| *u).collect()
     }
 }
+
+/// A decoded image: its preprocessed pixels and the SHA-256 of its bytes and of its decoded pixels (or why it
+/// could not be decoded).
+type Digested = std::result::Result<Decoded, String>;
+
+/// Preprocessed pixels, the bytes' SHA-256 and the decoded pixels' SHA-256.
+type Decoded = (Vec<u8>, String, String);
 
 /// A loaded CLIP model and tokenizer ready to embed samples.
 pub struct Embedder {
@@ -163,8 +170,7 @@ impl Embedder {
         let (size, exact) = (self.size, self.config.exact_preprocessing);
         let cap = self.config.batch_size.max(1);
         let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Sample)>(4 * cap);
-        let (done_tx, done_rx) =
-            crossbeam_channel::bounded::<(u64, Sample, std::result::Result<Vec<u8>, String>)>(4 * cap);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Sample, Digested)>(4 * cap);
         std::thread::scope(|s| {
             s.spawn(move || {
                 for (seq, sample) in (0u64..).zip(samples) {
@@ -178,7 +184,8 @@ impl Embedder {
                 s.spawn(move || {
                     for (seq, sample) in rx {
                         let bytes = sample.image().unwrap_or_default();
-                        let r = if exact { preprocess(bytes, size, size) } else { preprocess_fast(bytes, size, size) };
+                        let r = preprocess_digested(bytes, size, size, !exact)
+                            .map(|(px, pixels)| (px, crate::sha256_hex(bytes), pixels));
                         if tx.send((seq, sample, r)).is_err() {
                             break;
                         }
@@ -187,9 +194,9 @@ impl Embedder {
             }
             drop((job_rx, done_tx));
             // Reorder, batch and run on this thread.
-            let mut pending: BTreeMap<u64, (Sample, std::result::Result<Vec<u8>, String>)> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, (Sample, Digested)> = BTreeMap::new();
             let mut next = 0u64;
-            let mut batch: Vec<(Sample, Vec<u8>)> = Vec::with_capacity(cap);
+            let mut batch: Vec<(Sample, Decoded)> = Vec::with_capacity(cap);
             let mut last_arrival = Instant::now();
             let mut open = true;
             while open || !pending.is_empty() || !batch.is_empty() {
@@ -218,15 +225,22 @@ impl Embedder {
                 }
                 let stalled = last_arrival.elapsed() >= self.config.max_latency;
                 if batch.len() >= cap || (!batch.is_empty() && (stalled || !open)) {
-                    let (samples, images): (Vec<Sample>, Vec<Vec<u8>>) = batch.drain(..batch.len().min(cap)).unzip();
+                    let (samples, decoded): (Vec<Sample>, Vec<Decoded>) = batch.drain(..batch.len().min(cap)).unzip();
+                    let mut images = Vec::with_capacity(decoded.len());
+                    let mut digests = Vec::with_capacity(decoded.len());
+                    for (px, sha, pixels) in decoded {
+                        images.push(px);
+                        digests.push((sha, pixels));
+                    }
                     let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_deref().unwrap_or("")).collect();
                     self.run_batch(&images, &captions, &mut out);
                     out.ids.extend(samples.iter().map(|s| (s.uid, s.key.clone())));
-                    out.meta.extend(
-                        samples
-                            .iter()
-                            .map(|s| crate::RowMeta { text: s.caption.clone(), original_size: s.original_size() }),
-                    );
+                    out.meta.extend(samples.iter().zip(digests).map(|(s, (sha, pixels))| crate::RowMeta {
+                        text: s.caption.clone(),
+                        original_size: s.original_size(),
+                        sha256: Some(sha),
+                        pixels_sha256: Some(pixels),
+                    }));
                 }
                 if !open && pending.is_empty() && batch.is_empty() {
                     break;

@@ -368,6 +368,20 @@ pub fn preprocess_fast(bytes: &[u8], size: usize, crop: usize) -> Result<Vec<u8>
     checked(decode_rgb_at_least(bytes, size)?, size, crop)
 }
 
+/// [`preprocess`] (or, `fast`, [`preprocess_fast`]) that also returns the SHA-256 (hex) of the decoded image as
+/// decoded for embedding: its width and height (u64, little-endian), then its RGB8 pixels. Two files with the
+/// same pixels (a PNG recompressed, a JPEG with its metadata stripped) get the same digest.
+pub fn preprocess_digested(bytes: &[u8], size: usize, crop: usize, fast: bool) -> Result<(Vec<u8>, String), String> {
+    use sha2::{Digest, Sha256};
+    let img = if fast { decode_rgb_at_least(bytes, size)? } else { decode_rgb(bytes)? };
+    let mut h = Sha256::new();
+    h.update((img.width as u64).to_le_bytes());
+    h.update((img.height as u64).to_le_bytes());
+    h.update(&img.data);
+    let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((checked(img, size, crop)?, digest))
+}
+
 /// Normalised `[B, 3, crop, crop]` f32 pixels from preprocessed HWC images.
 pub fn to_pixels(images: &[Vec<u8>], crop: usize) -> tch::Tensor {
     let n = images.len();

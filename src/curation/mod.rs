@@ -6,7 +6,8 @@
 //! OUT/manifest.json                    what that subset reflects: shards, models, counts
 //! OUT/shards/<name>.json               a shard's commit record (written last: a shard is committed exactly
 //!                                      when its record exists)
-//! OUT/shards/<name>.scores.parquet     its score table (uid, key, one float column per scoring method)
+//! OUT/shards/<name>.scores.parquet     its score table (uid, key, sha256 and pixels_sha256 when known, one
+//!                                      float column per scoring method)
 //! OUT/shards/<name>.rejects.jsonl      its rejected samples, one JSON object per line
 //! OUT/embeddings/<name>.{parquet,npz}  its embeddings when the CLIP model made them (a DataComp sidecar pair)
 //! ```
@@ -101,6 +102,9 @@ pub struct ShardScores {
     pub ids: Vec<(Uid, String)>,
     /// Values per column (in the order the columns were asked for), aligned with `ids`.
     pub columns: Vec<Vec<f32>>,
+    /// Each row's content digests (128-bit prefixes of the bytes' and the decoded pixels' SHA-256), aligned
+    /// with `ids`; empty when unknown.
+    pub content: Vec<(Option<u128>, Option<u128>)>,
 }
 
 /// The output directory's layout.
@@ -193,7 +197,7 @@ impl Layout {
     pub fn replay(&self, record: &ShardRecord, columns: &[String]) -> Result<ShardScores> {
         let names: Vec<&str> = columns.iter().map(|s| s.as_str()).collect();
         let t = crate::read_score_table(self.scores(&record.name), &names)?;
-        Ok(ShardScores { name: record.name.clone(), ids: t.ids, columns: t.columns })
+        Ok(ShardScores { name: record.name.clone(), ids: t.ids, columns: t.columns, content: t.content })
     }
 
     /// Writes a shard's rejects (`OUT/shards/<name>.rejects.jsonl`).

@@ -137,7 +137,12 @@ fn rows_of(name: &str, parquet: &Path, arrays: Option<Arrays<'_>>) -> Result<Sid
             (Some(w), Some(h)) if w >= 0 && h >= 0 => Some((w as u64, h as u64)),
             _ => None,
         };
-        e.meta.push(RowMeta { text: r.text.clone(), original_size: size });
+        e.meta.push(RowMeta {
+            text: r.text.clone(),
+            original_size: size,
+            sha256: r.sha256.clone(),
+            pixels_sha256: r.pixels_sha256.clone(),
+        });
     }
     Ok(out)
 }

@@ -40,6 +40,10 @@ pub struct MetadataRow {
     pub face_bboxes: Option<Vec<[f64; 4]>>,
     /// SHA-256 of the image bytes, hex.
     pub sha256: Option<String>,
+    /// SHA-256 of the decoded image, hex (flyt's own column, in the embeddings it stores; read when present,
+    /// never written by [`write_metadata`]).
+    #[serde(default)]
+    pub pixels_sha256: Option<String>,
 }
 
 /// A metadata file's rows: the readable ones and, for the others, the row index and why.
@@ -141,6 +145,7 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<MetadataTable> {
         let l14 = column(&batch, "clip_l14_similarity_score");
         let faces = column(&batch, "face_bboxes");
         let sha = column(&batch, "sha256");
+        let px = column(&batch, "pixels_sha256");
         for r in 0..batch.num_rows() {
             let row = base + r;
             let uid = match string_at(path, "uid", uid, r)? {
@@ -180,6 +185,7 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<MetadataTable> {
                 clip_l14_similarity_score: opt_f(l14, "clip_l14_similarity_score")?,
                 face_bboxes,
                 sha256: opt_s(sha, "sha256")?,
+                pixels_sha256: opt_s(px, "pixels_sha256")?,
             });
         }
         base += batch.num_rows();

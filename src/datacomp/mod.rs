@@ -13,8 +13,8 @@ pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
 pub use npz::{read_npz, read_npz_matrix, write_npz};
 pub use pool::{Pool, PoolEmbeddings, pick_prefix, read_pool};
 pub use scores::{
-    RowMeta, ScoreTable, check_scores, read_score_table, read_scores_npy, read_scores_parquet, write_counts_parquet,
-    write_score_table,
+    RowMeta, ScoreTable, check_scores, digest_prefix, read_score_table, read_scores_npy, read_scores_parquet,
+    sha256_hex, write_counts_parquet, write_duplicates_table, write_score_table,
 };
 pub use subset::{SubsetCounts, read_subset, write_subset};
 pub use tasks::{DATACOMP_TASKS, datacomp_task_files};

@@ -132,6 +132,29 @@ pub fn write_counts_parquet(path: impl AsRef<Path>, counts: &[(Uid, u32)]) -> Re
     write_parquet_atomic(path, &batch)
 }
 
+/// Writes duplicates as parquet, published atomically: `uid` and `duplicate_of` (32 hex), `reason`, and
+/// `similarity` (float32, null when the reason has none).
+pub fn write_duplicates_table(path: impl AsRef<Path>, rows: &[(Uid, Uid, &str, Option<f32>)]) -> Result<()> {
+    use arrow_array::builder::Float32Builder;
+    let path = path.as_ref();
+    let (mut uid, mut of, mut reason, mut sim) =
+        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), Float32Builder::new());
+    for (u, o, r, s) in rows {
+        uid.append_value(u.to_string());
+        of.append_value(o.to_string());
+        reason.append_value(r);
+        sim.append_option(*s);
+    }
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("uid", Arc::new(uid.finish())),
+        ("duplicate_of", Arc::new(of.finish())),
+        ("reason", Arc::new(reason.finish())),
+        ("similarity", Arc::new(sim.finish())),
+    ];
+    let batch = RecordBatch::try_from_iter(cols)?;
+    write_parquet_atomic(path, &batch)
+}
+
 /// Per-row metadata a score table may carry, with DataComp's column names (`text`, `original_width`,
 /// `original_height`), so that the table doubles as a DataComp metadata parquet for the filters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -140,11 +163,37 @@ pub struct RowMeta {
     pub text: Option<String>,
     /// Image size before any resize (width, height).
     pub original_size: Option<(u64, u64)>,
+    /// SHA-256 of the image's bytes, 64 hex (DataComp's `sha256`).
+    pub sha256: Option<String>,
+    /// SHA-256 of the decoded image (width, height, then its RGB8 pixels), 64 hex (flyt's `pixels_sha256`).
+    pub pixels_sha256: Option<String>,
+}
+
+impl RowMeta {
+    /// The content digests as the pool compares them: the first 128 bits of the bytes' and the pixels' SHA-256.
+    pub fn content(&self) -> (Option<u128>, Option<u128>) {
+        (digest_prefix(self.sha256.as_deref()), digest_prefix(self.pixels_sha256.as_deref()))
+    }
+}
+
+/// The first 128 bits of a hex digest (`None` when absent or not hex).
+pub fn digest_prefix(hex: Option<&str>) -> Option<u128> {
+    let h = hex?.trim();
+    if h.len() < 32 {
+        return None;
+    }
+    u128::from_str_radix(h.get(..32)?, 16).ok()
+}
+
+/// SHA-256 as 64 lowercase hex characters.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a per-shard score table: `uid` (32 hex), `key`, with `meta` (one per row, or empty for none) the
-/// `text`, `original_width` and `original_height` columns, and one float32 column per `(name, values)`, rows
-/// aligned; published atomically.
+/// `text`, `original_width` and `original_height` columns (when any row has them) and `sha256` /
+/// `pixels_sha256` (likewise), and one float32 column per `(name, values)`, rows aligned; published atomically.
 pub fn write_score_table(
     path: impl AsRef<Path>,
     ids: &[(Uid, String)],
@@ -166,14 +215,25 @@ pub fn write_score_table(
         }
         let mut text = StringBuilder::new();
         let (mut w, mut h) = (Int64Builder::new(), Int64Builder::new());
+        let (mut sha, mut px) = (StringBuilder::new(), StringBuilder::new());
         for m in meta {
             text.append_option(m.text.as_deref());
             w.append_option(m.original_size.map(|s| s.0 as i64));
             h.append_option(m.original_size.map(|s| s.1 as i64));
+            sha.append_option(m.sha256.as_deref());
+            px.append_option(m.pixels_sha256.as_deref());
         }
-        cols.push(("text", Arc::new(text.finish())));
-        cols.push(("original_width", Arc::new(w.finish())));
-        cols.push(("original_height", Arc::new(h.finish())));
+        if meta.iter().any(|m| m.text.is_some() || m.original_size.is_some()) {
+            cols.push(("text", Arc::new(text.finish())));
+            cols.push(("original_width", Arc::new(w.finish())));
+            cols.push(("original_height", Arc::new(h.finish())));
+        }
+        if meta.iter().any(|m| m.sha256.is_some()) {
+            cols.push(("sha256", Arc::new(sha.finish())));
+        }
+        if meta.iter().any(|m| m.pixels_sha256.is_some()) {
+            cols.push(("pixels_sha256", Arc::new(px.finish())));
+        }
     }
     for (name, values) in columns {
         if values.len() != ids.len() {
@@ -195,6 +255,9 @@ pub struct ScoreTable {
     pub ids: Vec<(Uid, String)>,
     /// One vector per asked-for column, aligned with `ids`.
     pub columns: Vec<Vec<f32>>,
+    /// The content digests of each row ([`RowMeta::content`]), aligned with `ids`; empty when the file has
+    /// neither a `sha256` nor a `pixels_sha256` column.
+    pub content: Vec<(Option<u128>, Option<u128>)>,
 }
 
 /// Reads a score table: `uid`, optional `key`, and the named float columns (a missing column, a bad uid or a
@@ -205,7 +268,7 @@ pub fn read_score_table(path: impl AsRef<Path>, columns: &[&str]) -> Result<Scor
     let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(1 << 16).build().map_err(pq)?;
-    let mut out = ScoreTable { ids: Vec::new(), columns: vec![Vec::new(); columns.len()] };
+    let mut out = ScoreTable { ids: Vec::new(), columns: vec![Vec::new(); columns.len()], content: Vec::new() };
     let text_at = |a: &ArrayRef, name: &str, r: usize| -> Result<String> {
         if a.is_null(r) {
             return Err(Error::format(path, name, format!("row {r} is null")));
@@ -223,6 +286,7 @@ pub fn read_score_table(path: impl AsRef<Path>, columns: &[&str]) -> Result<Scor
         let get = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i));
         let uid = get("uid").ok_or_else(|| Error::format(path, "uid", "no such column"))?;
         let key = get("key");
+        let (sha, px) = (get("sha256"), get("pixels_sha256"));
         let cols: Vec<&ArrayRef> = columns
             .iter()
             .map(|c| get(c).ok_or_else(|| Error::format(path, *c, "no such column")))
@@ -237,6 +301,16 @@ pub fn read_score_table(path: impl AsRef<Path>, columns: &[&str]) -> Result<Scor
                 None => String::new(),
             };
             out.ids.push((u, k));
+            if sha.is_some() || px.is_some() {
+                let hex = |a: Option<&ArrayRef>, name: &str| -> Result<Option<u128>> {
+                    match a {
+                        Some(a) if !a.is_null(r) => Ok(digest_prefix(Some(&text_at(a, name, r)?))),
+                        _ => Ok(None),
+                    }
+                };
+                out.content.resize(row, (None, None));
+                out.content.push((hex(sha, "sha256")?, hex(px, "pixels_sha256")?));
+            }
             for (j, (c, name)) in cols.iter().zip(columns).enumerate() {
                 if c.is_null(r) {
                     return Err(Error::format(path, *name, format!("row {row} is null")));
@@ -250,6 +324,9 @@ pub fn read_score_table(path: impl AsRef<Path>, columns: &[&str]) -> Result<Scor
                 out.columns[j].push(v);
             }
         }
+    }
+    if !out.content.is_empty() {
+        out.content.resize(out.ids.len(), (None, None));
     }
     Ok(out)
 }

@@ -12,12 +12,14 @@
 //! | DataComp basic-filter features | [`BasicFeatures`] | `caption_words`, `caption_chars`, `image_min_side`, `image_aspect`, `english`, `basic` |
 //! | image-based clustering (DataComp) | [`KMeans`], [`ImageClusters`] | `image_based`, `image_based_sim` |
 //! | text-based (DataComp) | [`ClassNameMatcher`] | `text_based` |
+//! | SemDeDup (Abbas et al. 2023) | [`semdedup`], [`IncrementalSemDedup`] | `semdedup_keep`, `semdedup_sim` |
 
 mod basic;
 mod clip_score;
 mod kmeans;
 mod neg_clip_loss;
 mod norm_sim;
+mod semdedup;
 mod text_based;
 
 pub use basic::{BasicFeatures, BasicFilter, ImageSize, english_flags, is_english};
@@ -25,6 +27,9 @@ pub use clip_score::clip_score;
 pub use kmeans::{ImageClusters, KMeans, KMeansConfig};
 pub use neg_clip_loss::{NegClipLossConfig, neg_clip_loss, neg_clip_loss_in_batches, random_batches};
 pub use norm_sim::{NormSimTarget, norm_sim};
+pub use semdedup::{
+    IncrementalSemDedup, Rank, SemDedupInput, Verdict, normalize, rank, semdedup, semdedup_brute_force,
+};
 pub use text_based::ClassNameMatcher;
 
 use crate::{Error, Result, Uid};

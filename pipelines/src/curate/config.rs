@@ -140,6 +140,16 @@ impl Default for Sample {
     }
 }
 
+/// `[dedup]`: duplicates taken out of the pool before sampling (each recorded in `OUT/duplicates.parquet`
+/// with the uid it duplicates).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dedup {
+    /// Exact content duplicates: among samples with the same image bytes (SHA-256; DataComp's `sha256` for
+    /// sidecars) or the same decoded pixels, the least uid stays.
+    pub exact: bool,
+}
+
 /// `[output]`: where results go.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -171,6 +181,8 @@ pub struct CurateConfig {
     pub embed: Embed,
     /// The scoring models.
     pub score: Score,
+    /// Deduplication.
+    pub dedup: Dedup,
     /// SCS.
     pub sample: Sample,
     /// Outputs.

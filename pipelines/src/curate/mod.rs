@@ -9,7 +9,7 @@
 //!   │                                                               (per-shard files, then the commit record)
 //!   ├─ committed shard ─▶ ReplayShards (rows from its score table; retractions of replaced shards)
 //!   └─ score file ─▶ ReadScoreFiles
-//! pool rows (uid, shard, key, scores) ─▶ DedupUids ─▶ MixScores (M-FLYT over the methods' columns,
+//! pool rows (uid, shard, key, scores, content digests) ─▶ DedupUids ─▶ DedupContent ([dedup] exact) ─▶ MixScores (M-FLYT over the methods' columns,
 //!   ⋈ external scores on uid) ─▶ SoftCapSample ─▶ PublishSubset: OUT/subset.npy, then OUT/manifest.json
 //! ```
 //!
@@ -35,13 +35,14 @@ use flyt::clip::{Embedder, EmbedderConfig};
 use flyt::curation::Layout;
 use flyt::train::MixWeights;
 use flyt_operators::{
-    CommitOptions, CommitShards, Counters, DedupUids, Identities, Mix, MixScores, PoolRows, PublishOptions,
-    PublishSubset, ReadScoreFiles, ReplayShards, SinkEvent, SoftCapSample, WatchOptions, WatchShards, Watcher,
+    CommitOptions, CommitShards, Counters, DedupContent, DedupUids, Identities, Mix, MixScores, PoolRows,
+    PublishOptions, PublishSubset, ReadScoreFiles, ReplayShards, SinkEvent, SoftCapSample, WatchOptions, WatchShards,
+    Watcher,
 };
 use timely::dataflow::operators::core::{Concat as _, Concatenate, Exchange as _};
 use timely::dataflow::operators::vec::Map as _;
 
-pub use config::{Arrival, CurateConfig, Embed, EmbeddingSource, Input, Output, Sample, Score};
+pub use config::{Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, Sample, Score};
 
 use crate::graph::Front;
 use crate::methods::Loaded;
@@ -257,24 +258,31 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
             jobs.clone().replay_shards(layout.clone(), Arc::new(columns.clone()), shared.counters.clone());
 
         // The pool, one row per uid, scored, sampled.
-        let pool = rows.pool_rows().concat(replayed).as_collection().dedup_uids();
+        let mut pool = rows.pool_rows().concat(replayed).as_collection().dedup_uids();
+        let mut duplicates = Vec::new();
+        if cfg.dedup.exact {
+            let (kept, dups) = pool.dedup_content();
+            pool = kept;
+            duplicates.push(dups.inner.map(|((u, d), _, r)| SinkEvent::Duplicate(u, d, r as i64)));
+        }
         let (external, external_events) = jobs.read_score_files(shared.mix.external_columns());
         let scored = pool.clone().mix_scores(&shared.mix, Some(external.as_collection()));
         let counts =
             scored.soft_cap_sample(cfg.sample.alpha, cfg.target(), cfg.sample.seed, shared.counters.scs.clone());
         let pool_size = pool.map(|_| ()).consolidate().inner.map(|((), _, d)| SinkEvent::Pool(d as i64));
         let count_events = counts.inner.map(|(u, _, d)| SinkEvent::Count(u, d as i64));
-        scope.concatenate(vec![commit_events, replay_events, external_events, pool_size, count_events]).publish_subset(
-            PublishOptions {
-                layout: layout.clone(),
-                every: Duration::from_millis(cfg.output.publish_ms),
-                config: shared.config_json.clone(),
-                models: shared.models_json.clone(),
-                counters: shared.counters.clone(),
-                publisher: index == 0,
-                done_before: done_before.clone(),
-            },
-        );
+        let mut events = vec![commit_events, replay_events, external_events, pool_size, count_events];
+        events.extend(duplicates);
+        scope.concatenate(events).publish_subset(PublishOptions {
+            layout: layout.clone(),
+            every: Duration::from_millis(cfg.output.publish_ms),
+            config: shared.config_json.clone(),
+            models: shared.models_json.clone(),
+            counters: shared.counters.clone(),
+            publisher: index == 0,
+            duplicates: cfg.dedup.exact,
+            done_before: done_before.clone(),
+        });
     });
     Ok(())
 }

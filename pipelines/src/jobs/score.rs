@@ -185,6 +185,7 @@ pub fn score(cfg: &ScoreConfig) -> Result<ScoreReport> {
                     // M-FLYT: the pool's rows (one per uid), mixed with the score files joined on uid.
                     let rows = assembled.flat_map(|r| r.ok()).map(|s| flyt::curation::ShardScores {
                         name: s.name,
+                        content: s.embeddings.meta.iter().map(|m| m.content()).collect(),
                         ids: s.embeddings.ids,
                         columns: s.columns,
                     });

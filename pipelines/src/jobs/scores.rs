@@ -257,6 +257,9 @@ pub enum FilterMethod {
     NormSimInf,
     /// Top fraction / `≥ threshold` by NormSim₂ to the downstream images.
     NormSim2,
+    /// SemDeDup (Abbas et al. 2023): within each k-means cluster of the image embeddings, drop a sample whose
+    /// cosine to an earlier-ranked one (farther from the centroid) is ≥ 1 − ε ([`FilterConfig::epsilon`]).
+    SemDedup,
 }
 
 impl FilterMethod {
@@ -264,7 +267,11 @@ impl FilterMethod {
     pub fn scored(self) -> bool {
         !matches!(
             self,
-            FilterMethod::NoFilter | FilterMethod::Basic | FilterMethod::TextBased | FilterMethod::ImageBased
+            FilterMethod::NoFilter
+                | FilterMethod::Basic
+                | FilterMethod::TextBased
+                | FilterMethod::ImageBased
+                | FilterMethod::SemDedup
         )
     }
 
@@ -279,6 +286,7 @@ impl FilterMethod {
             F::ClipScore => vec![Method::ClipScore],
             F::NegClipLoss => vec![Method::NegClipLoss],
             F::NormSimInf | F::NormSim2 => vec![Method::NormSim2, Method::NormSimInf],
+            F::SemDedup => vec![],
         }
     }
 }
@@ -298,6 +306,8 @@ pub struct FilterConfig {
     pub out: PathBuf,
     /// Also write the score columns computed, per uid, as parquet.
     pub scores: Option<PathBuf>,
+    /// SemDeDup's ε (default 0.05).
+    pub epsilon: Option<f32>,
 }
 
 /// What `filter` kept.
@@ -337,6 +347,12 @@ pub fn filter(cfg: &FilterConfig) -> Result<FilterReport> {
     {
         return Err(Error::Config(format!("--fraction must be in [0, 1], got {f}")));
     }
+    if cfg.epsilon.is_some() && cfg.method != F::SemDedup {
+        return Err(Error::Config("--epsilon applies to semdedup".into()));
+    }
+    if cfg.method == F::SemDedup {
+        return semdedup_filter(cfg, start);
+    }
     let p = score_pool(&cfg.inputs, &cfg.method.methods())?;
     let n = p.uids.len();
     let col = |name: &str| -> &[f32] { p.columns.get(name).map(Vec::as_slice).unwrap_or(&[]) };
@@ -370,6 +386,7 @@ pub fn filter(cfg: &FilterConfig) -> Result<FilterReport> {
         F::NegClipLoss => top("neg_clip_loss")?,
         F::NormSimInf => top("norm_sim_inf")?,
         F::NormSim2 => top("norm_sim_2")?,
+        F::SemDedup => unreachable!("handled above"),
     };
     let mut kept: Vec<Uid> = p.uids.iter().zip(&keep).filter(|(_, k)| **k).map(|(u, _)| *u).collect();
     kept.sort_unstable();
@@ -378,4 +395,79 @@ pub fn filter(cfg: &FilterConfig) -> Result<FilterReport> {
         write_columns(s, &p.uids, &p.columns)?;
     }
     Ok(FilterReport { kept: kept.len(), total: n, rejected: p.rejected, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// `flyt filter --method semdedup`: the pool's image embeddings, their clusters (the given centroids, or k-means
+/// fitted here as for image-based), [`flyt::methods::semdedup`]; the curation graph's `[dedup] semantic` gives
+/// the same verdicts incrementally. `--scores` gets `semdedup_keep`, `semdedup_sim` (NaN for a cluster's first
+/// member) and `semdedup_cluster`.
+fn semdedup_filter(cfg: &FilterConfig, start: Instant) -> Result<FilterReport> {
+    let inputs = &cfg.inputs;
+    let which = match &inputs.embeddings {
+        Some(p) => flyt::PoolEmbeddings::Prefix(p.clone()),
+        None => flyt::PoolEmbeddings::Auto,
+    };
+    let pool = flyt::read_pool(&inputs.pool, &which)?;
+    if pool.dim == 0 {
+        return Err(Error::Config(format!(
+            "{}: semdedup needs the pool's image embeddings (.npz)",
+            inputs.pool.display()
+        )));
+    }
+    let km = match &inputs.centroids {
+        Some(p) => crate::methods::read_centroids(p)?,
+        None => {
+            let c = ClustersConfig {
+                pool: inputs.pool.clone(),
+                embeddings: pool.prefix.clone(),
+                k: inputs.clusters,
+                sample: None,
+                seed: inputs.seed,
+                threads: inputs.threads,
+                out: PathBuf::new(),
+            };
+            fit(&c)?.0
+        }
+    };
+    if km.dim() != pool.dim {
+        return Err(Error::Config(format!("the centroids are {}-d, the pool's embeddings {}-d", km.dim(), pool.dim)));
+    }
+    let mut image = pool.image.clone();
+    for row in image.chunks_exact_mut(pool.dim) {
+        flyt::methods::normalize(row);
+    }
+    let assigned = km.assign(&image, inputs.threads);
+    let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
+    let cluster: Vec<u32> = assigned.iter().map(|a| a.0).collect();
+    let sims: Vec<f32> = assigned.iter().map(|a| a.1).collect();
+    let input = flyt::methods::SemDedupInput {
+        dim: pool.dim,
+        uids: &uids,
+        cluster: &cluster,
+        centroid_sim: &sims,
+        image: &image,
+    };
+    let verdicts = flyt::methods::semdedup(&input, cfg.epsilon.unwrap_or(0.05), inputs.threads)?;
+    let mut kept: Vec<Uid> = uids.iter().zip(&verdicts).filter(|(_, v)| v.keep).map(|(u, _)| *u).collect();
+    kept.sort_unstable();
+    flyt::write_subset(&cfg.out, &kept)?;
+    if let Some(s) = &cfg.scores {
+        let mut cols = BTreeMap::new();
+        cols.insert("semdedup_keep".to_string(), verdicts.iter().map(|v| if v.keep { 1.0 } else { 0.0 }).collect());
+        cols.insert("semdedup_sim".to_string(), verdicts.iter().map(|v| v.similarity().unwrap_or(f32::NAN)).collect());
+        cols.insert("semdedup_cluster".to_string(), cluster.iter().map(|c| *c as f32).collect());
+        write_columns(s, &uids, &cols)?;
+    }
+    let rejected = pool
+        .rejected
+        .iter()
+        .map(|(file, row, why)| Rejected {
+            shard: flyt::shard_name(file).as_str().into(),
+            key: format!("row {row}"),
+            reason: if why.contains("already") { RejectReason::DuplicateUid } else { RejectReason::BadUid },
+            detail: why.clone(),
+            members: 0,
+        })
+        .collect();
+    Ok(FilterReport { kept: kept.len(), total: uids.len(), rejected, seconds: start.elapsed().as_secs_f64() })
 }
