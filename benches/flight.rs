@@ -73,6 +73,7 @@ fn fake_output(out: &Path, rows: usize, shards: usize) {
             prefix: "b32".into(),
             dim: 0,
             flyt_version: env!("CARGO_PKG_VERSION").into(),
+            content_digests: true,
         };
         std::fs::write(out.join(format!("shards/{name}.json")), serde_json::to_vec(&record).expect("JSON"))
             .expect("a record");

@@ -165,6 +165,9 @@ pub struct SynthSidecars {
     pub prefix: String,
     /// Fraction of rows that repeat an earlier shard's uid.
     pub duplicates: f64,
+    /// Fraction of rows (new uids) whose image embedding is a near-copy (cosine about 0.999) of an earlier
+    /// row's, in this shard or an earlier one.
+    pub near_duplicates: f64,
     /// Number of the first shard (its file name).
     pub first_shard: usize,
     /// Seed.
@@ -179,6 +182,7 @@ impl Default for SynthSidecars {
             dim: 16,
             prefix: "b32".into(),
             duplicates: 0.0,
+            near_duplicates: 0.0,
             first_shard: 0,
             seed: 0,
         }
@@ -196,8 +200,12 @@ impl SynthSidecars {
         use crate::datacomp::{NpyArray, NpyData, write_npz, write_score_table};
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         let mut out = Vec::new();
+        let mut earlier: Vec<Vec<f64>> = Vec::new();
         for s in self.first_shard..self.first_shard + self.shards {
-            let mut rng = SplitMix64::new(self.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            // SplitMix64 steps its state by this same constant, so seeding shard s with seed ^ s·C would make
+            // its stream shard 1's shifted by s − 1 draws (rows repeating across shards): hash the seed first.
+            let mut rng =
+                SplitMix64::new(SplitMix64::new(self.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
             let d = self.dim;
             let (mut img, mut txt) =
                 (Vec::with_capacity(self.rows_per_shard * d), Vec::with_capacity(self.rows_per_shard * d));
@@ -210,7 +218,16 @@ impl SynthSidecars {
                 };
                 ids.push((uid, format!("{:012}", s * 10_000 + i)));
                 let noise = rng.unit() * 2.0;
-                let u: Vec<f64> = (0..d).map(|_| rng.unit() * 2.0 - 1.0).collect();
+                let u: Vec<f64> = if !earlier.is_empty() && rng.unit() < self.near_duplicates {
+                    let base = &earlier[rng.below(earlier.len() as u64) as usize];
+                    let scale = base.iter().map(|x| x * x).sum::<f64>().sqrt() * 0.03 / (d as f64).sqrt();
+                    base.iter().map(|x| x + scale * (rng.unit() * 2.0 - 1.0)).collect()
+                } else {
+                    (0..d).map(|_| rng.unit() * 2.0 - 1.0).collect()
+                };
+                if self.near_duplicates > 0.0 {
+                    earlier.push(u.clone());
+                }
                 let t: Vec<f64> = u.iter().map(|x| x + noise * (rng.unit() * 2.0 - 1.0)).collect();
                 let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
                 let (nu, nt) = (norm(&u), norm(&t));

@@ -88,6 +88,14 @@ pub struct Args {
     /// pixels: the least uid stays; the others are listed in OUT/duplicates.parquet). Same as [dedup] exact.
     #[arg(long)]
     pub dedup_exact: bool,
+    /// Take semantic near-duplicates out of the pool (SemDeDup within the clusters of these fixed centroids,
+    /// a `flyt clusters` .npy): a sample goes when its cosine to a member of its cluster farther from the
+    /// centroid is ≥ 1 − --dedup-epsilon; listed in OUT/duplicates.parquet. Same as [dedup.semantic].
+    #[arg(long, value_name = "CENTROIDS")]
+    pub dedup_semantic: Option<PathBuf>,
+    /// SemDeDup's ε (default 0.05).
+    #[arg(long, requires = "dedup_semantic")]
+    pub dedup_epsilon: Option<f32>,
     /// SCS repetition penalty α.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -148,6 +156,10 @@ impl Args {
         set!(c.sample.seed, self.seed);
         if self.dedup_exact {
             c.dedup.exact = true;
+        }
+        if let Some(centroids) = &self.dedup_semantic {
+            let epsilon = self.dedup_epsilon.or(c.dedup.semantic.as_ref().map(|s| s.epsilon)).unwrap_or(0.05);
+            c.dedup.semantic = Some(flyt_pipelines::SemanticDedup { centroids: centroids.clone(), epsilon });
         }
         if self.model.is_some() {
             c.embed.model = self.model.clone();

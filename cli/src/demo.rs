@@ -1,4 +1,4 @@
-//! `flyt demo`: the embedded default run, a short `flyt eval` (one seed, six of the ten rows; the repository's
+//! `flyt demo`: the embedded default run, a short `flyt eval` (one seed, six of the eleven rows; the repository's
 //! `eval-demo.toml`, compiled in). It builds the mini-DataComp from the real data `./x setup` installs, curates
 //! it with every method, trains a small CLIP per subset, and ends by writing the report and printing its path and
 //! the accuracy table.

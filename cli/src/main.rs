@@ -80,7 +80,7 @@ enum Command {
     Eval(eval::Args),
     /// Write the HTML report of an evaluation directory (`flyt eval`'s output).
     Report(eval::ReportArgs),
-    /// Run the embedded demo: a short `flyt eval` (one seed, six of the ten rows) ending with the report and the
+    /// Run the embedded demo: a short `flyt eval` (one seed, six of the eleven rows) ending with the report and the
     /// accuracy table.
     Demo(demo::Args),
     /// Report what libtorch sees (CUDA, devices) and run a small tensor check on the best device.

@@ -45,6 +45,10 @@ pub struct Args {
     /// With --sidecars: the fraction of rows that repeat an earlier shard's uid.
     #[arg(long, default_value_t = 0.0)]
     pub duplicates: f64,
+    /// With --sidecars: the fraction of rows (new uids) whose image embedding is a near-copy of an earlier
+    /// row's (cosine about 0.999), for SemDeDup.
+    #[arg(long, default_value_t = 0.0)]
+    pub near_duplicates: f64,
     /// With --sidecars: the number of the first shard (to add shards to an existing pool).
     #[arg(long, default_value_t = 0)]
     pub first_shard: usize,
@@ -62,6 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             dim,
             prefix: "b32".into(),
             duplicates: a.duplicates,
+            near_duplicates: a.near_duplicates,
             first_shard: a.first_shard,
             seed: a.seed,
         };

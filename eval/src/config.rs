@@ -297,6 +297,10 @@ pub struct MflytTraining {
     pub mixer_inputs: MixerInputsName,
 }
 
+fn default_dedup_epsilon() -> f32 {
+    0.01
+}
+
 fn default_ncl_batch() -> usize {
     4096
 }
@@ -325,13 +329,17 @@ pub struct Methods {
     pub fraction: f64,
     /// SCS repetition penalty α.
     pub alpha: f64,
+    /// SemDeDup's ε in the `mflyt-dedup-scs` row (default 0.01: near-identical embeddings only, copies
+    /// re-encoded or resized, not same-class neighbours).
+    #[serde(default = "default_dedup_epsilon")]
+    pub dedup_epsilon: f32,
     /// Which methods run (default: all of [`METHODS`]).
     #[serde(default = "all_methods")]
     pub run: Vec<String>,
 }
 
 /// Every method, in report order: (id, label).
-pub const METHODS: [(&str, &str); 10] = [
+pub const METHODS: [(&str, &str); 11] = [
     ("no-filter", "no filter"),
     ("random", "random subset"),
     ("clip-top", "CLIP score, top k"),
@@ -341,6 +349,7 @@ pub const METHODS: [(&str, &str); 10] = [
     ("flyt-full-scs", "FLYT (full reference) + SCS"),
     ("mflyt-top", "M-FLYT, top k"),
     ("mflyt-scs", "M-FLYT + SCS"),
+    ("mflyt-dedup-scs", "M-FLYT + SCS after dedup"),
     ("ceiling", "ceiling: clean on-task only"),
 ];
 

@@ -112,6 +112,9 @@ pub struct EvalResults {
     pub ingest: serde_json::Value,
     /// The mixer's columns and weights.
     pub mixer: serde_json::Value,
+    /// What the dedup row's curation took out (`duplicates.parquet`'s counts by reason), when it ran.
+    #[serde(default)]
+    pub dedup: serde_json::Value,
     /// Paths of the artefacts (relative to the output directory).
     pub files: BTreeMap<String, String>,
 }
@@ -397,7 +400,7 @@ fn multiset(
         "clip-top" => top(0),
         "flyt-top" => top(1),
         "mflyt-top" => top(2),
-        "clip-scs" | "flyt-scs" | "flyt-full-scs" | "mflyt-scs" => {
+        "clip-scs" | "flyt-scs" | "flyt-full-scs" | "mflyt-scs" | "mflyt-dedup-scs" => {
             let uids = scs(method, seed)?;
             let rows: Vec<usize> = uids.iter().filter_map(|u| row_of.get(u).copied()).collect();
             if rows.len() != uids.len() {
@@ -712,6 +715,19 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
     if runs_method("mflyt-scs") {
         sample_per_seed(&mut st, "mflyt-scs", &mixed)?;
     }
+    let mut dedup = serde_json::Value::Null;
+    if runs_method("mflyt-dedup-scs") {
+        // the same mix, after exact content dedup and SemDeDup over the same centroids (last, so the
+        // curation's duplicates.parquet is this row's)
+        let mut c = mixed.clone();
+        c.dedup.exact = true;
+        c.dedup.semantic =
+            Some(flyt_pipelines::SemanticDedup { centroids: centroids.clone(), epsilon: cfg.methods.dedup_epsilon });
+        sample_per_seed(&mut st, "mflyt-dedup-scs", &c)?;
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(cur.join("manifest.json"))?)?;
+        dedup = m["dedup"].clone();
+        st.say(&format!("dedup: {}", dedup["by_reason"]));
+    }
 
     // the score table of the final curation: clip_score, flyt (the embedding head), the mixed score
     let scores = report::read_scores(&out)?;
@@ -756,6 +772,7 @@ pub fn run(cfg: EvalConfig, opts: &RunOptions) -> anyhow::Result<EvalResults> {
         reference_tasks,
         ingest,
         mixer: mixer_json,
+        dedup,
         files: BTreeMap::new(),
     };
     for &seed in &cfg.train.seeds {

@@ -146,6 +146,7 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
         prefix,
         dim: emb.dim,
         flyt_version: env!("CARGO_PKG_VERSION").into(),
+        content_digests: true,
     };
     layout.write_record(&record).map_err(|e| fail(e.to_string()))?;
     let summary = ShardSummary { name: name.clone(), rows: record.rows, stats, replayed: false, via: via_name.into() };

@@ -30,6 +30,8 @@ pub struct Counters {
     pub embed: Arc<EmbedCounters>,
     /// The sampler.
     pub scs: Arc<ScsCounters>,
+    /// SemDeDup's.
+    pub semdedup: Arc<crate::SemDedupCounters>,
     /// Subset publications.
     pub published: AtomicU64,
     /// Microseconds spent committing shards (gathering, writing score tables, digests, records).
@@ -54,6 +56,7 @@ impl Default for Counters {
             rejects: Mutex::new(BTreeMap::new()),
             embed: Default::default(),
             scs: Default::default(),
+            semdedup: Default::default(),
             published: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
             read_micros: AtomicU64::new(0),

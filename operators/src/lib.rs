@@ -12,7 +12,8 @@
 //! - per shard: [`AssembleShards`] (its rows, columns, counts and rejects) and [`CommitShards`] (its files, then
 //!   its commit record), or [`ReplayShards`] (a shard committed earlier, from its score table);
 //! - the pool, as differential collections keyed by uid: [`PoolRows`], [`DedupUids`] (one row per uid,
-//!   arrival-order free), [`DedupContent`] (exact content duplicates), [`ReadScoreFiles`] and [`MixScores`] (M-FLYT's mixer, joining external score files on
+//!   arrival-order free), [`DedupContent`] (exact content duplicates), [`SemDedup`]
+//!   (SemDeDup's near duplicates, incremental), [`ReadScoreFiles`] and [`MixScores`] (M-FLYT's mixer, joining external score files on
 //!   uid), [`SoftCapSample`] (incremental SCS: uids with their counts as multiplicities);
 //! - the sink: [`PublishSubset`] (`subset.npy`, then `manifest.json`).
 //!
@@ -40,6 +41,7 @@ mod score_image_clusters;
 mod score_neg_clip_loss;
 mod score_norm_sim;
 mod score_text_match;
+mod sem_dedup;
 mod soft_cap_sample;
 mod watch_shards;
 
@@ -66,6 +68,7 @@ pub use score_image_clusters::ScoreImageClusters;
 pub use score_neg_clip_loss::ScoreNegClipLoss;
 pub use score_norm_sim::ScoreNormSim;
 pub use score_text_match::ScoreTextMatch;
+pub use sem_dedup::{SemDedup, SemDedupCounters, SemDedupOptions};
 pub use soft_cap_sample::{ScsCounters, SoftCapSample};
 pub use timely;
 pub use watch_shards::{

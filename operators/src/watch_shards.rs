@@ -211,6 +211,8 @@ pub struct Identities {
     /// Per scoring method with inputs, their identity (`flyt`: the head's digest; `neg_clip_loss`: its
     /// parameters; `norm_sim`, `image_based`, `text_based`: digests of their files).
     pub methods: BTreeMap<String, String>,
+    /// Exact dedup runs: a shard committed without content digests is read again.
+    pub content: bool,
 }
 
 impl Identities {
@@ -280,7 +282,9 @@ pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities) ->
                     || flyt::file_sha256(&b.path).is_ok_and(|d| d == a.sha256))
         });
     let clip_ok = rec.models.get("clip").map(|s| s.as_str()) == Some(models.clip_identity(&via).as_str());
-    if !same_inputs || !clip_ok {
+    // A record from before content digests, under exact dedup: its score table (and stored embeddings) have
+    // none, so the shard is read again.
+    if !same_inputs || !clip_ok || (models.content && !rec.content_digests) {
         return Decision::Run(via, inputs);
     }
     if models.same_scoring(rec) {
@@ -484,7 +488,7 @@ pub struct WatchOptions {
 /// flyt::synth::SynthPool { shards: 2, samples_per_shard: 3, ..Default::default() }.write(dir.path()).unwrap();
 /// let ids = Identities {
 ///     embeddings: EmbeddingSource::Model, arrival: Arrival::Rename, clip: Some("clip:x".into()), prefix: None,
-///     columns: vec!["clip_score".into()], methods: Default::default(),
+///     columns: vec!["clip_score".into()], methods: Default::default(), content: false,
 /// };
 /// let out = tempfile::tempdir().unwrap();
 /// let seen = Arc::new(Mutex::new(Vec::new()));

@@ -34,7 +34,7 @@ mod plot;
 mod shards;
 
 pub use curate::{
-    Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, STOP, Sample, Score, Summary,
+    Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, STOP, Sample, Score, SemanticDedup, Summary,
     install_stop_signals, run as curate,
 };
 pub(crate) use error::Context;

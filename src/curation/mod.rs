@@ -91,6 +91,10 @@ pub struct ShardRecord {
     pub dim: usize,
     /// The flyt version that wrote it.
     pub flyt_version: String,
+    /// Its score table carries the content digests its input allows (`sha256`, `pixels_sha256`): records
+    /// written before flyt kept them say false, and exact dedup reads such a shard again.
+    #[serde(default)]
+    pub content_digests: bool,
 }
 
 /// A shard's rows and score columns.

@@ -222,9 +222,19 @@ pub fn semdedup_brute_force(input: &SemDedupInput<'_>, epsilon: f32) -> Result<V
     Ok(out)
 }
 
+/// A member: its slot in its cluster's arena and its best earlier-ranked match.
 struct Entry {
-    emb: Vec<f32>,
+    at: usize,
     best: Option<(f32, Rank)>,
+}
+
+/// One cluster: members in rank order, their embeddings in one contiguous arena (slots reused), so comparing a
+/// newcomer with the cluster reads one block of memory.
+#[derive(Default)]
+struct Cluster {
+    members: BTreeMap<Rank, Entry>,
+    arena: Vec<f32>,
+    free: Vec<usize>,
 }
 
 /// SemDeDup kept up to date as members arrive and leave: equal, after every change, to [`semdedup`] over the
@@ -234,7 +244,7 @@ struct Entry {
 pub struct IncrementalSemDedup {
     dim: usize,
     threshold: f32,
-    clusters: HashMap<u32, BTreeMap<Rank, Entry>>,
+    clusters: HashMap<u32, Cluster>,
     place: HashMap<Uid, (u32, Rank)>,
     touched: BTreeSet<Uid>,
     published: HashMap<Uid, Verdict>,
@@ -284,10 +294,11 @@ impl IncrementalSemDedup {
         }
         self.remove(uid);
         let r = rank(centroid_sim, uid);
-        let members = self.clusters.entry(cluster).or_default();
+        let dim = self.dim;
+        let c = self.clusters.entry(cluster).or_default();
         let mut best: Option<(f32, Rank)> = None;
-        for (k, e) in members.iter_mut() {
-            let d = dot(&e.emb, &emb);
+        for (k, e) in c.members.iter_mut() {
+            let d = dot(&c.arena[e.at * dim..(e.at + 1) * dim], &emb);
             self.pairs += 1;
             if *k < r {
                 if !d.is_nan() && best.is_none_or(|(bd, _)| d > bd) {
@@ -298,7 +309,17 @@ impl IncrementalSemDedup {
                 self.touched.insert(k.1);
             }
         }
-        members.insert(r, Entry { emb, best });
+        let at = match c.free.pop() {
+            Some(at) => {
+                c.arena[at * dim..(at + 1) * dim].copy_from_slice(&emb);
+                at
+            }
+            None => {
+                c.arena.extend_from_slice(&emb);
+                c.arena.len() / dim - 1
+            }
+        };
+        c.members.insert(r, Entry { at, best });
         self.place.insert(uid, (cluster, r));
         self.touched.insert(uid);
         Ok(())
@@ -308,24 +329,31 @@ impl IncrementalSemDedup {
     pub fn remove(&mut self, uid: Uid) {
         let Some((cluster, r)) = self.place.remove(&uid) else { return };
         self.touched.insert(uid);
-        let Some(members) = self.clusters.get_mut(&cluster) else { return };
-        members.remove(&r);
-        let stale: Vec<Rank> =
-            members.range(r..).filter(|(_, e)| e.best.is_some_and(|(_, of)| of == r)).map(|(k, _)| *k).collect();
-        for k in stale {
-            let emb = &members[&k].emb;
+        let dim = self.dim;
+        let Some(c) = self.clusters.get_mut(&cluster) else { return };
+        if let Some(e) = c.members.remove(&r) {
+            c.free.push(e.at);
+        }
+        let stale: Vec<(Rank, usize)> = c
+            .members
+            .range(r..)
+            .filter(|(_, e)| e.best.is_some_and(|(_, of)| of == r))
+            .map(|(k, e)| (*k, e.at))
+            .collect();
+        for (k, at) in stale {
+            let emb = &c.arena[at * dim..(at + 1) * dim];
             let mut best: Option<(f32, Rank)> = None;
-            for (ki, e) in members.range(..k) {
-                let d = dot(&e.emb, emb);
+            for (ki, e) in c.members.range(..k) {
+                let d = dot(&c.arena[e.at * dim..(e.at + 1) * dim], emb);
                 self.pairs += 1;
                 if !d.is_nan() && best.is_none_or(|(bd, _)| d > bd) {
                     best = Some((d, *ki));
                 }
             }
-            members.get_mut(&k).expect("present").best = best;
+            c.members.get_mut(&k).expect("present").best = best;
             self.touched.insert(k.1);
         }
-        if members.is_empty() {
+        if c.members.is_empty() {
             self.clusters.remove(&cluster);
         }
     }
@@ -333,7 +361,7 @@ impl IncrementalSemDedup {
     /// A member's verdict now.
     pub fn verdict(&self, uid: Uid) -> Option<Verdict> {
         let (c, r) = self.place.get(&uid)?;
-        Some(verdict(&self.clusters.get(c)?.get(r)?.best, self.threshold))
+        Some(verdict(&self.clusters.get(c)?.members.get(r)?.best, self.threshold))
     }
 
     /// The verdict changes since the last call: `(uid, verdict, +1)` for a new verdict, `-1` for one withdrawn.

@@ -148,6 +148,25 @@ pub struct Dedup {
     /// Exact content duplicates: among samples with the same image bytes (SHA-256; DataComp's `sha256` for
     /// sidecars) or the same decoded pixels, the least uid stays.
     pub exact: bool,
+    /// Semantic near-duplicates (SemDeDup) within the clusters of fixed centroids.
+    pub semantic: Option<SemanticDedup>,
+}
+
+/// `[dedup.semantic]`: SemDeDup (Abbas et al. 2023) over the image embeddings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticDedup {
+    /// Fixed k-means centroids (`flyt clusters`, a `k × dim` float32 `.npy`): a sample is compared with the
+    /// other members of its nearest centroid's cluster.
+    pub centroids: PathBuf,
+    /// A sample goes when its cosine to a member ranked before it (farther from the centroid; ties by uid) is
+    /// ≥ 1 − ε.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f32,
+}
+
+fn default_epsilon() -> f32 {
+    0.05
 }
 
 /// `[output]`: where results go.
@@ -228,6 +247,16 @@ impl CurateConfig {
         }
         if self.output.reshard.is_some() && self.follow {
             return bail("[output] reshard runs after a batch run; it cannot be combined with --follow".into());
+        }
+        if let Some(s) = &self.dedup.semantic {
+            if !(0.0..=2.0).contains(&s.epsilon) {
+                return bail(format!("[dedup.semantic] epsilon must be in [0, 2], got {}", s.epsilon));
+            }
+            if !self.embed.store && self.input.embeddings != EmbeddingSource::Sidecar {
+                return bail(
+                    "[dedup.semantic] reads each shard's embeddings back: keep them ([embed] store = true)".into(),
+                );
+            }
         }
         let methods = self.score.methods();
         if methods.contains(&Method::Flyt) && self.score.flyt.is_none() {

@@ -9,7 +9,8 @@
 //!   │                                                               (per-shard files, then the commit record)
 //!   ├─ committed shard ─▶ ReplayShards (rows from its score table; retractions of replaced shards)
 //!   └─ score file ─▶ ReadScoreFiles
-//! pool rows (uid, shard, key, scores, content digests) ─▶ DedupUids ─▶ DedupContent ([dedup] exact) ─▶ MixScores (M-FLYT over the methods' columns,
+//! pool rows (uid, shard, key, scores, content digests) ─▶ DedupUids ─▶ DedupContent ([dedup] exact)
+//!   ─▶ SemDedup ([dedup.semantic]: each row's embedding read back from its shard, by cluster) ─▶ MixScores (M-FLYT over the methods' columns,
 //!   ⋈ external scores on uid) ─▶ SoftCapSample ─▶ PublishSubset: OUT/subset.npy, then OUT/manifest.json
 //! ```
 //!
@@ -35,14 +36,14 @@ use flyt::clip::{Embedder, EmbedderConfig};
 use flyt::curation::Layout;
 use flyt::train::MixWeights;
 use flyt_operators::{
-    CommitOptions, CommitShards, Counters, DedupContent, DedupUids, Identities, Mix, MixScores, PoolRows,
-    PublishOptions, PublishSubset, ReadScoreFiles, ReplayShards, SinkEvent, SoftCapSample, WatchOptions, WatchShards,
-    Watcher,
+    CommitOptions, CommitShards, Counters, DedupContent, DedupUids, Duplicate, DuplicateReason, Identities, Mix,
+    MixScores, PoolRows, PublishOptions, PublishSubset, ReadScoreFiles, ReplayShards, SemDedup, SemDedupOptions,
+    SinkEvent, SoftCapSample, WatchOptions, WatchShards, Watcher,
 };
 use timely::dataflow::operators::core::{Concat as _, Concatenate, Exchange as _};
 use timely::dataflow::operators::vec::Map as _;
 
-pub use config::{Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, Sample, Score};
+pub use config::{Arrival, CurateConfig, Dedup, Embed, EmbeddingSource, Input, Output, Sample, Score, SemanticDedup};
 
 use crate::graph::Front;
 use crate::methods::Loaded;
@@ -98,6 +99,7 @@ struct Shared {
     embed_threads: usize,
     config_json: serde_json::Value,
     models_json: serde_json::Value,
+    semantic: Option<SemDedupOptions>,
 }
 
 /// Runs the curation graph on this process's share of a timely computation (`timely::Config::thread()`,
@@ -142,6 +144,22 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> Result<Summar
         )));
     }
     let counters = Arc::new(Counters::default());
+    let semantic = match &config.dedup.semantic {
+        Some(s) => {
+            let km = crate::methods::read_centroids(&s.centroids)?;
+            let digest = flyt::file_sha256(&s.centroids)?;
+            Some((
+                SemDedupOptions {
+                    layout: layout.clone(),
+                    centroids: Arc::new(km),
+                    epsilon: s.epsilon,
+                    counters: counters.semdedup.clone(),
+                },
+                digest,
+            ))
+        }
+        None => None,
+    };
     let identities = Identities {
         embeddings: config.input.embeddings,
         arrival: config.input.arrival,
@@ -149,11 +167,13 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> Result<Summar
         prefix: config.input.prefix.clone(),
         columns: columns.clone(),
         methods: loaded.identities.clone(),
+        content: config.dedup.exact,
     };
     let models_json = serde_json::json!({
         "clip": clip,
         "flyt": loaded.identities.get("flyt"),
         "methods": loaded.identities,
+        "semdedup": semantic.as_ref().map(|(o, d)| serde_json::json!({"centroids": d, "k": o.centroids.k(), "epsilon": o.epsilon})),
         "mixer": match &mix { Mix::Linear { weights, .. } => Some(weights.digest.clone()), _ => None },
         "columns": columns,
         "score": match &mix {
@@ -171,6 +191,7 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> Result<Summar
         counters: counters.clone(),
         embed_threads,
         models_json,
+        semantic: semantic.map(|(o, _)| o),
     });
     let display = (process == 0).then(|| display::spawn(counters.clone()));
     let result = timely::execute(timely_config, {
@@ -265,6 +286,14 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
             pool = kept;
             duplicates.push(dups.inner.map(|((u, d), _, r)| SinkEvent::Duplicate(u, d, r as i64)));
         }
+        if let Some(options) = &shared.semantic {
+            let near = pool.clone().sem_dedup(options.clone()).flat_map(|(u, v)| {
+                v.of.filter(|_| !v.keep)
+                    .map(|of| (u, Duplicate { of, reason: DuplicateReason::NearDuplicate, similarity: v.sim }))
+            });
+            pool = pool.antijoin(near.clone().map(|(u, _)| u));
+            duplicates.push(near.inner.map(|((u, d), _, r)| SinkEvent::Duplicate(u, d, r as i64)));
+        }
         let (external, external_events) = jobs.read_score_files(shared.mix.external_columns());
         let scored = pool.clone().mix_scores(&shared.mix, Some(external.as_collection()));
         let counts =
@@ -280,7 +309,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
             models: shared.models_json.clone(),
             counters: shared.counters.clone(),
             publisher: index == 0,
-            duplicates: cfg.dedup.exact,
+            duplicates: cfg.dedup.exact || cfg.dedup.semantic.is_some(),
             done_before: done_before.clone(),
         });
     });
