@@ -21,6 +21,29 @@ pub struct ImageInfo {
     pub progressive: bool,
     /// A JPEG whose 4 components are CMYK or YCCK (Adobe).
     pub cmyk: bool,
+    /// Bits per sample (8 for most images; 16 for 16-bit PNGs, 12 for 12-bit JPEGs).
+    #[serde(default = "eight")]
+    pub bit_depth: u8,
+}
+
+fn eight() -> u8 {
+    8
+}
+
+impl ImageInfo {
+    /// Bytes the decoded image takes before conversion to RGB8: width × height × components × bytes per
+    /// sample. What a decoder allocates, which the pixel count alone understates (a 13000² RGBA 16-bit PNG is
+    /// 1.35 GB).
+    ///
+    /// ```
+    /// let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    /// png.extend_from_slice(&[0, 0, 0, 10, 0, 0, 0, 10, 16, 6, 0, 0, 0]); // 10x10 RGBA, 16 bits
+    /// assert_eq!(flyt::sniff_image(&png).unwrap().decoded_bytes(), 10 * 10 * 4 * 2);
+    /// ```
+    pub fn decoded_bytes(&self) -> u64 {
+        let per_sample = if self.bit_depth > 8 { 2 } else { 1 };
+        self.width as u64 * self.height as u64 * self.components.max(1) as u64 * per_sample
+    }
 }
 
 /// Reads the header of a JPEG, PNG or WebP image. `None` when the bytes are none of these or the header is
@@ -92,13 +115,22 @@ fn sniff_jpeg(b: &[u8]) -> Option<ImageInfo> {
             0xC0..=0xCF if marker != 0xC4 && marker != 0xC8 && marker != 0xCC => {
                 let height = be16(b, pos + 3)? as u32;
                 let width = be16(b, pos + 5)? as u32;
+                let bit_depth = *b.get(pos + 2)?;
                 let components = *b.get(pos + 7)?;
                 let progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
                 // Four components are CMYK (Adobe transform 0 or no Adobe marker) or YCCK (transform 2);
                 // both are CMYK-family for a decoder. The Adobe marker may come after the frame header in
                 // odd files; we only see markers before it, which is where encoders put it.
                 let cmyk = components == 4 && adobe_transform != Some(1);
-                return Some(ImageInfo { format: ImageFormat::Jpeg, width, height, components, progressive, cmyk });
+                return Some(ImageInfo {
+                    format: ImageFormat::Jpeg,
+                    width,
+                    height,
+                    components,
+                    progressive,
+                    cmyk,
+                    bit_depth,
+                });
             }
             _ => {}
         }
@@ -112,6 +144,7 @@ fn sniff_png(b: &[u8]) -> Option<ImageInfo> {
     }
     let width = be32(b, 16)?;
     let height = be32(b, 20)?;
+    let bit_depth = *b.get(24)?;
     let color_type = *b.get(25)?;
     let components = match color_type {
         0 => 1,
@@ -121,7 +154,7 @@ fn sniff_png(b: &[u8]) -> Option<ImageInfo> {
         6 => 4,
         _ => return None,
     };
-    Some(ImageInfo { format: ImageFormat::Png, width, height, components, progressive: false, cmyk: false })
+    Some(ImageInfo { format: ImageFormat::Png, width, height, components, progressive: false, cmyk: false, bit_depth })
 }
 
 fn sniff_webp(b: &[u8]) -> Option<ImageInfo> {
@@ -147,7 +180,15 @@ fn sniff_webp(b: &[u8]) -> Option<ImageInfo> {
         }
         _ => return None,
     };
-    Some(ImageInfo { format: ImageFormat::Webp, width, height, components, progressive: false, cmyk: false })
+    Some(ImageInfo {
+        format: ImageFormat::Webp,
+        width,
+        height,
+        components,
+        progressive: false,
+        cmyk: false,
+        bit_depth: 8,
+    })
 }
 
 #[cfg(test)]

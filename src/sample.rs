@@ -239,7 +239,7 @@ impl fmt::Display for Rejected {
 /// sample: `members == accepted_members + rejected_members` and `samples == accepted + rejected`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStats {
-    /// Tar file entries (regular files, links, devices; not directories or tar-internal headers).
+    /// Tar file entries (regular files, directories, links, devices, other types; not tar-internal headers).
     pub members: u64,
     /// Samples (groups of members) seen: `accepted + rejected`.
     pub samples: u64,

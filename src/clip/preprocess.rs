@@ -3,6 +3,7 @@
 //! rescale to [0, 1] and normalise with OpenAI's mean and std.
 
 use crate::ImageFormat;
+use crate::ImageInfo;
 use crate::image_info::sniff_image;
 
 /// OpenAI CLIP's per-channel mean.
@@ -13,6 +14,85 @@ pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Images whose header declares more pixels than this are refused before decoding (decompression bombs);
 /// twice PIL's `MAX_IMAGE_PIXELS`, where PIL itself refuses.
 pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// Images whose decoding would allocate more than this (the decoder's buffer, width × height × components ×
+/// bytes per sample, plus the RGB8 copy) are refused before decoding: an RGB8 image at [`MAX_PIXELS`] fits,
+/// a 13000² RGBA 16-bit PNG (1.35 GB decoded from 1.3 MB) does not.
+pub const MAX_DECODED_BYTES: u64 = 6 * MAX_PIXELS;
+
+/// Decoded bytes all decoding threads of the process may hold at once ([`DecodeBudget`]); at least
+/// [`MAX_DECODED_BYTES`], so any image that may be decoded at all can be.
+pub const POOL_DECODED_BYTES: u64 = 1 << 30;
+
+/// A process-wide budget of bytes that image decoders hold at once: a decoder reserves what its image will take
+/// before decoding and waits while the others hold too much. Bounds the decode pool's peak memory by bytes,
+/// not by image count.
+///
+/// ```
+/// let budget = flyt::clip::DecodeBudget::new(100);
+/// let a = budget.reserve(60);
+/// assert_eq!(budget.held(), 60);
+/// drop(a);
+/// let _b = budget.reserve(500); // larger than the budget: waits until nothing else is held, then runs alone
+/// assert_eq!(budget.peak(), 500);
+/// ```
+#[derive(Debug)]
+pub struct DecodeBudget {
+    capacity: u64,
+    state: std::sync::Mutex<(u64, u64)>,
+    freed: std::sync::Condvar,
+}
+
+/// Bytes reserved from a [`DecodeBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    budget: &'a DecodeBudget,
+    bytes: u64,
+}
+
+impl DecodeBudget {
+    /// A budget of `capacity` bytes.
+    pub const fn new(capacity: u64) -> Self {
+        DecodeBudget { capacity, state: std::sync::Mutex::new((0, 0)), freed: std::sync::Condvar::new() }
+    }
+
+    /// The process's budget for image decoding ([`POOL_DECODED_BYTES`]).
+    pub fn global() -> &'static DecodeBudget {
+        static GLOBAL: DecodeBudget = DecodeBudget::new(POOL_DECODED_BYTES);
+        &GLOBAL
+    }
+
+    /// Reserves `bytes`, waiting while the others hold more than the budget leaves. A reservation larger than
+    /// the whole budget waits until nothing else is held.
+    pub fn reserve(&self, bytes: u64) -> Reservation<'_> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.0 > 0 && s.0 + bytes > self.capacity {
+            s = self.freed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.0 += bytes;
+        s.1 = s.1.max(s.0);
+        Reservation { budget: self, bytes }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The most bytes held at once so far.
+    pub fn peak(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut s = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 -= self.bytes;
+        drop(s);
+        self.budget.freed.notify_all();
+    }
+}
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,9 +246,24 @@ pub fn decode_rgb_at_least(bytes: &[u8], min_short_side: usize) -> Result<RgbIma
     if pixels > MAX_PIXELS || info.width == 0 || info.height == 0 {
         return Err(format!("header declares {}x{} pixels (limit {MAX_PIXELS})", info.width, info.height));
     }
+    let scale = if info.format == ImageFormat::Jpeg { scale_for(&info, min_short_side) } else { 8 };
+    // What decoding allocates: the decoder's buffer at the (DCT-scaled) size, and the RGB8 copy.
+    let scaled = |side: u32| (side as u64 * scale as u64).div_ceil(8);
+    let (w, h) = (scaled(info.width), scaled(info.height));
+    let full = ImageInfo { width: w as u32, height: h as u32, ..info };
+    let need = full.decoded_bytes() + w * h * 3;
+    if need > MAX_DECODED_BYTES {
+        return Err(format!(
+            "header declares {}x{} pixels of {} components at {} bits: decoding needs {need} bytes (limit \
+             {MAX_DECODED_BYTES})",
+            info.width, info.height, info.components, info.bit_depth
+        ));
+    }
+    let _held = DecodeBudget::global().reserve(need);
     match info.format {
-        ImageFormat::Jpeg => decode_jpeg_libjpeg(bytes, scale_for(&info, min_short_side))
-            .or_else(|e1| decode_jpeg_zune(bytes).map_err(|e2| format!("{e1}; {e2}"))),
+        ImageFormat::Jpeg => {
+            decode_jpeg_libjpeg(bytes, scale).or_else(|e1| decode_jpeg_zune(bytes).map_err(|e2| format!("{e1}; {e2}")))
+        }
         ImageFormat::Png => decode_png(bytes),
         ImageFormat::Webp => decode_webp(bytes),
     }

@@ -1,7 +1,6 @@
 //! The streaming WebDataset shard reader.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,6 +124,20 @@ pub fn split_member_name(name: &str) -> Option<(&str, String)> {
     Some((&name[..base_start + dot], base[dot + 1..].to_ascii_lowercase()))
 }
 
+/// Why a member name cannot name a sample's member safely: an absolute path, a `..` component or a NUL byte
+/// (a key made of it would point outside any directory a consumer writes samples into).
+fn unsafe_member_name(name: &str) -> Option<&'static str> {
+    if name.contains('\0') {
+        Some("contains a NUL byte")
+    } else if name.starts_with('/') {
+        Some("is an absolute path")
+    } else if name.split('/').any(|c| c == "..") {
+        Some("has a '..' component")
+    } else {
+        None
+    }
+}
+
 /// A streaming reader over one WebDataset shard (`.tar`, or gzip-compressed `.tar.gz` / `.tgz`, detected by its
 /// magic bytes). It yields one [`Record`] per sample, holding at most one sample in memory.
 ///
@@ -178,7 +191,7 @@ impl ShardReader {
     /// Opens a shard file.
     pub fn open(path: impl AsRef<Path>, config: ReaderConfig) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::open_regular(path)?;
         let mut buf = BufReader::with_capacity(1 << 20, file);
         let gz = {
             use std::io::BufRead;
@@ -231,6 +244,9 @@ impl ShardReader {
     /// Reads entries until at least one record is ready or the shard ends.
     fn pump(&mut self) -> Result<()> {
         while self.out.is_empty() && !self.finished {
+            if crate::stop_requested() {
+                return Err(crate::interrupted(&self.path));
+            }
             match self.tar.next_entry() {
                 Ok(Some(entry)) => self.on_entry(entry)?,
                 Ok(None) => {
@@ -252,6 +268,13 @@ impl ShardReader {
         };
         self.finished = true;
         let extra = u64::from(inside_member);
+        if !inside_member && reason == RejectReason::TruncatedTar {
+            // The stream ends between members: every member of the sample being read arrived whole, so it is
+            // judged as the shard's last sample (kept when complete), and the cut is recorded on its own.
+            self.finish_group(true);
+            self.reject(String::new(), reason, detail, 0);
+            return Ok(());
+        }
         match self.current.take() {
             Some(g) => {
                 let members = g.member_count() + extra;
@@ -263,10 +286,13 @@ impl ShardReader {
     }
 
     fn on_entry(&mut self, entry: super::tar::Entry) -> Result<()> {
+        self.stats.members += 1;
         if entry.kind == EntryKind::Directory {
+            // A directory is a member (as `tarfile` lists it) that belongs to no sample.
+            let name = String::from_utf8_lossy(&entry.name).into_owned();
+            self.reject(name, RejectReason::NotASampleMember, "a directory entry".into(), 1);
             return Ok(());
         }
-        self.stats.members += 1;
         let name = match String::from_utf8(entry.name) {
             Ok(n) => n,
             Err(e) => {
@@ -278,12 +304,26 @@ impl ShardReader {
                 return Ok(());
             }
         };
+        let unsafe_name = unsafe_member_name(&name);
         let split = split_member_name(&name).map(|(k, e)| (k.to_string(), e));
-        let (key, ext) = match (entry.kind, split) {
-            (EntryKind::File, Some(ke)) => ke,
-            (kind, _) => {
-                let detail = match kind {
-                    EntryKind::Special(t) => format!("tar entry type {:?} (link or device)", t as char),
+        let (key, ext) = match (entry.kind, split, unsafe_name) {
+            (EntryKind::File, Some(ke), None) => ke,
+            (kind, _, why) => {
+                let detail = match (kind, why) {
+                    (_, Some(why)) => format!("member name {why}"),
+                    (EntryKind::Special(t), _) => format!("tar entry type {:?} (link, device or FIFO)", t as char),
+                    (EntryKind::Skipped(t), _) => format!(
+                        "tar entry type {:?} ({}): its {} data bytes were skipped",
+                        t as char,
+                        match t {
+                            b'S' => "GNU sparse file",
+                            b'M' => "multi-volume continuation",
+                            b'V' => "volume label",
+                            b'D' => "GNU dump directory",
+                            _ => "unknown type",
+                        },
+                        entry.size
+                    ),
                     _ => "no extension after the key, or a __meta__ file".to_string(),
                 };
                 if let Err(e) = self.tar.skip_data(entry.size) {

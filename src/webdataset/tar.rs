@@ -13,8 +13,13 @@ pub(crate) enum EntryKind {
     File,
     /// A directory: carries no data and belongs to no sample.
     Directory,
-    /// A hard link, symlink, device or FIFO: counted as a member that cannot belong to a sample.
+    /// A hard link, symlink, device or FIFO: counted as a member that cannot belong to a sample. Carries no
+    /// data whatever its size field says (as Python's `tarfile` reads them).
     Special(u8),
+    /// An entry whose data is not a sample's member but takes room in the stream: GNU sparse (`S`),
+    /// multi-volume continuation (`M`), volume label (`V`), dump directory (`D`) and unknown type flags. Its
+    /// data is skipped by the header's size (as `tarfile` does), so the stream stays aligned.
+    Skipped(u8),
 }
 
 /// One entry's header, after applying GNU long-name and pax records.
@@ -199,10 +204,26 @@ impl<R: Read> TarReader<R> {
             let kind = match typeflag {
                 b'0' | 0 | b'7' => EntryKind::File,
                 b'5' => EntryKind::Directory,
-                other => EntryKind::Special(other),
+                b'1' | b'2' | b'3' | b'4' | b'6' => EntryKind::Special(typeflag),
+                other => EntryKind::Skipped(other),
             };
-            // Links and devices carry no data even when their size field says otherwise.
-            let size = if matches!(kind, EntryKind::File) { size } else { 0 };
+            // An old-GNU sparse header may be followed by extension blocks (each flags whether another follows)
+            // before its data.
+            if typeflag == b'S' && h[482] != 0 {
+                let mut more = true;
+                let mut blocks = 0;
+                while more {
+                    let mut ext = [0u8; BLOCK];
+                    self.r.read_exact(&mut ext).map_err(|e| classify(e, "a sparse extension header"))?;
+                    more = ext[504] != 0;
+                    blocks += 1;
+                    if blocks > 1 << 16 {
+                        return Err(TarError::Corrupt("more than 65536 sparse extension headers".into()));
+                    }
+                }
+            }
+            // Links, devices and directories carry no data even when their size field says otherwise.
+            let size = if matches!(kind, EntryKind::File | EntryKind::Skipped(_)) { size } else { 0 };
             return Ok(Some(Entry { name, kind, size }));
         }
     }
