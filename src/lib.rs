@@ -27,6 +27,7 @@ mod datacomp;
 mod device;
 mod digest;
 mod error;
+mod fsio;
 mod image_info;
 mod ingest;
 pub mod methods;
@@ -49,8 +50,9 @@ pub use datacomp::{
     sha256_hex, write_counts_parquet, write_duplicates_table, write_score_table,
 };
 pub use device::DeviceSpec;
-pub use digest::file_sha256;
+pub use digest::{file_sha256, file_sha256_interruptible};
 pub use error::{Error, Result};
+pub use fsio::{check_regular, interrupted, is_interruption, open_regular, request_stop, stop_requested};
 pub use image_info::{ImageInfo, sniff_image};
 pub use ingest::Ingest;
 pub use sample::{ImageFormat, Member, RejectReason, Rejected, Sample, ShardStats, UidSource};
@@ -58,5 +60,5 @@ pub use torch_runtime::{TorchReport, init_torch_runtime, torch_report};
 pub use uid::{Uid, UidError};
 pub use webdataset::{
     ReaderConfig, Record, ReshardReport, SampleBuilder, ShardReader, ShardWriter, WriterSummary, WrittenShard, reshard,
-    shard_name, split_member_name, write_atomic,
+    shard_name, split_member_name, temp_path, write_atomic,
 };

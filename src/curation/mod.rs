@@ -52,7 +52,7 @@ impl FileId {
     /// Size, mtime and digest.
     pub fn digest(path: &Path) -> Result<Self> {
         let mut id = Self::stat(path).map_err(|e| Error::io(path, e))?;
-        id.sha256 = crate::file_sha256(path)?;
+        id.sha256 = crate::digest::file_sha256_interruptible(path)?;
         Ok(id)
     }
 
@@ -95,6 +95,19 @@ pub struct ShardRecord {
     /// written before flyt kept them say false, and exact dedup reads such a shard again.
     #[serde(default)]
     pub content_digests: bool,
+    /// The score table as the commit wrote it: a replay checks it, and a table that differs is rebuilt from
+    /// the shard's inputs. `None` in records written before flyt kept it.
+    #[serde(default)]
+    pub scores: Option<TableId>,
+}
+
+/// A file's identity as written: its SHA-256 and its row count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableId {
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// Rows in it.
+    pub rows: u64,
 }
 
 /// A shard's rows and score columns.
@@ -109,6 +122,14 @@ pub struct ShardScores {
     /// Each row's content digests (128-bit prefixes of the bytes' and the decoded pixels' SHA-256), aligned
     /// with `ids`; empty when unknown.
     pub content: Vec<(Option<u128>, Option<u128>)>,
+}
+
+/// An exclusive lock on a curation output directory ([`Layout::lock`]), released when dropped.
+#[derive(Debug)]
+pub struct OutLock {
+    _file: std::fs::File,
+    /// The lock file.
+    pub path: PathBuf,
 }
 
 /// The output directory's layout.
@@ -151,6 +172,69 @@ impl Layout {
     /// `OUT/manifest.json`.
     pub fn manifest(&self) -> PathBuf {
         self.out.join("manifest.json")
+    }
+
+    /// `OUT/.lock-<process>`: the lock file of a run's process `process` (0 for a single-process run).
+    pub fn lock_file(&self, process: usize) -> PathBuf {
+        self.out.join(format!(".lock-{process}"))
+    }
+
+    /// Takes the exclusive lock of process `process` on this output directory for as long as the returned
+    /// guard lives, writing the holder's pid and host into the lock file. A second run on the same directory
+    /// (the same process index: a single-process run is index 0) gets an error naming the holder. The lock is
+    /// `flock(2)`'s, so it goes away with the process however that ends; a lock file left by a dead process
+    /// does not block.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let layout = flyt::curation::Layout::new(dir.path());
+    /// let held = layout.lock(0).unwrap();
+    /// let err = layout.lock(0).unwrap_err().to_string();
+    /// assert!(err.contains("in use by another flyt run"), "{err}");
+    /// assert!(layout.lock(1).is_ok()); // another process of the same cluster run
+    /// drop(held);
+    /// assert!(layout.lock(0).is_ok());
+    /// ```
+    pub fn lock(&self, process: usize) -> Result<OutLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        let path = self.lock_file(process);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock on the descriptor `file` owns; it has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io(&path, e));
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another flyt run ({}); wait for it to end or choose another --out",
+                        self.out.display(),
+                        if holder.is_empty() { "holder unknown".to_string() } else { holder.to_string() }
+                    ),
+                ),
+            ));
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let who = format!("pid {} on host {}", std::process::id(), host.trim());
+        let wrote =
+            file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(format!("{who}\n").as_bytes()));
+        wrote.map_err(|e| Error::io(&path, e))?;
+        Ok(OutLock { _file: file, path })
     }
 
     /// Creates the directories.
@@ -200,7 +284,15 @@ impl Layout {
     /// Reads a committed shard's rows back from its score table (the `columns` asked for, in that order).
     pub fn replay(&self, record: &ShardRecord, columns: &[String]) -> Result<ShardScores> {
         let names: Vec<&str> = columns.iter().map(|s| s.as_str()).collect();
-        let t = crate::read_score_table(self.scores(&record.name), &names)?;
+        let path = self.scores(&record.name);
+        let t = crate::read_score_table(&path, &names)?;
+        if t.ids.len() as u64 != record.rows {
+            return Err(Error::format(
+                &path,
+                "rows",
+                format!("{} rows, the commit record says {}", t.ids.len(), record.rows),
+            ));
+        }
         Ok(ShardScores { name: record.name.clone(), ids: t.ids, columns: t.columns, content: t.content })
     }
 

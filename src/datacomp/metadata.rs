@@ -2,7 +2,6 @@
 //! `clip_b32_similarity_score`, `clip_l14_similarity_score`, `face_bboxes`, `sha256`); every column but `uid` is
 //! optional. Row order matches the companion `.npz`.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -128,7 +127,7 @@ fn boxes_at(path: &Path, a: &ArrayRef, row: usize) -> Result<Option<Vec<[f64; 4]
 /// characters (or whose `face_bboxes` are malformed) is listed in [`MetadataTable::rejected`] with its index.
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<MetadataTable> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::open_regular(path)?;
     let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(65536).build().map_err(pq)?;

@@ -22,12 +22,17 @@ pub use tasks::{DATACOMP_TASKS, datacomp_task_files};
 /// Writes one record batch as a parquet file through a temporary name and a rename.
 fn write_parquet_atomic(path: &std::path::Path, batch: &arrow_array::RecordBatch) -> crate::Result<()> {
     use crate::Error;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
-    w.write(batch).map_err(pq)?;
-    w.close().map_err(pq)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let tmp = crate::temp_path(path);
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let pq = |source| Error::Parquet { path: path.to_path_buf(), source };
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?;
+        w.write(batch).map_err(pq)?;
+        w.close().map_err(pq)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

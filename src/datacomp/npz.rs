@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// them), keyed by name without `.npy`.
 pub fn read_npz(path: impl AsRef<Path>) -> Result<BTreeMap<String, NpyArray>> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::open_regular(path)?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| Error::format(path, "npz", format!("not a zip archive: {e}")))?;
     let mut out = BTreeMap::new();
@@ -47,17 +47,22 @@ pub fn read_npz_matrix(path: impl AsRef<Path>, key: &str) -> Result<(Vec<f32>, u
 /// temporary file and a rename.
 pub fn write_npz(path: impl AsRef<Path>, arrays: &BTreeMap<String, NpyArray>, compressed: bool) -> Result<()> {
     let path = path.as_ref();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut zip = zip::ZipWriter::new(file);
-    let method = if compressed { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
-    let options = zip::write::SimpleFileOptions::default().compression_method(method).large_file(true);
-    for (key, arr) in arrays {
-        zip.start_file(format!("{key}.npy"), options).map_err(|e| Error::format(&tmp, key, e.to_string()))?;
-        zip.write_all(&npy_bytes(arr)).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = crate::temp_path(path);
+    let written = (|| {
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut zip = zip::ZipWriter::new(file);
+        let method = if compressed { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+        let options = zip::write::SimpleFileOptions::default().compression_method(method).large_file(true);
+        for (key, arr) in arrays {
+            zip.start_file(format!("{key}.npy"), options).map_err(|e| Error::format(&tmp, key, e.to_string()))?;
+            zip.write_all(&npy_bytes(arr)).map_err(|e| Error::io(&tmp, e))?;
+        }
+        let file = zip.finish().map_err(|e| Error::format(&tmp, "npz", e.to_string()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let file = zip.finish().map_err(|e| Error::format(&tmp, "npz", e.to_string()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    written
 }

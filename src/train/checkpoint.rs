@@ -48,8 +48,7 @@ pub fn save_checkpoint<R: ReferenceState>(
         named.push((format!("score_opt.m.{i}"), m.shallow_clone()));
         named.push((format!("score_opt.v.{i}"), v.shallow_clone()));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let tmp = crate::temp_path(path);
     Tensor::write_safetensors(&named, &tmp).map_err(|e| tch_err(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     let json = serde_json::json!({

@@ -7,4 +7,4 @@ mod writer;
 
 pub use reader::{ReaderConfig, Record, ShardReader, shard_name, split_member_name};
 pub use reshard::{ReshardReport, reshard};
-pub use writer::{SampleBuilder, ShardWriter, WriterSummary, WrittenShard, write_atomic};
+pub use writer::{SampleBuilder, ShardWriter, WriterSummary, WrittenShard, temp_path, write_atomic};

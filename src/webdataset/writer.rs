@@ -77,7 +77,7 @@ impl ShardWriter {
     fn append(&mut self, key: &str, members: &[Member], counted: bool) -> Result<()> {
         if self.current.is_none() {
             let name = format!("{:08}.tar", self.next_index);
-            let tmp = self.dir.join(format!(".{name}.tmp"));
+            let tmp = temp_path(&self.dir.join(&name));
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             self.current = Some((TarWriter::new(BufWriter::with_capacity(1 << 20, file)), tmp, self.dir.join(name), 0));
             self.next_index += 1;
@@ -125,12 +125,33 @@ impl ShardWriter {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let written = (|| {
+        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A temporary name beside `path` that no other process or thread uses: `.<name>.<pid>.<n>.tmp` (hidden, and
+/// ending in `.tmp`, so directory watchers skip it). Two runs writing the same file never share a temporary.
+///
+/// ```
+/// let p = std::path::Path::new("/out/subset.npy");
+/// let (a, b) = (flyt::temp_path(p), flyt::temp_path(p));
+/// assert_ne!(a, b);
+/// assert!(a.file_name().unwrap().to_string_lossy().starts_with(".subset.npy."));
+/// ```
+pub fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Builds a [`Sample`] by hand (tests, generators, examples). Members are kept in the order added; the uid is
