@@ -74,6 +74,7 @@ fn fake_output(out: &Path, rows: usize, shards: usize) {
             dim: 0,
             flyt_version: env!("CARGO_PKG_VERSION").into(),
             content_digests: true,
+            scores: None,
         };
         std::fs::write(out.join(format!("shards/{name}.json")), serde_json::to_vec(&record).expect("JSON"))
             .expect("a record");

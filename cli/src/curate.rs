@@ -241,6 +241,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let reshard = config.output.reshard.clone();
     let shard_size = config.output.shard_size;
     let inputs = config.input.shards.clone();
+    let following = config.follow;
     let server = match a.serve {
         Some(addr) if a.process == 0 => {
             std::fs::create_dir_all(&out)?;
@@ -294,6 +295,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "{failed} shard(s) failed (listed in {}); the subset covers the rest",
             out.join("manifest.json").display()
         );
+    }
+    let interrupted = m["interrupted"].as_array().map(|a| a.len()).unwrap_or(0);
+    if interrupted > 0 {
+        println!(
+            "interrupted: {interrupted} shard(s) were not read (a stop was requested); a run started again reads them"
+        );
+        // A following run is stopped this way as a matter of course; a batch run did not finish its work.
+        if !following {
+            anyhow::bail!("stopped before every shard was read: {interrupted} shard(s) interrupted");
+        }
     }
     Ok(())
 }

@@ -113,6 +113,7 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
     };
     let content: Vec<(Option<u128>, Option<u128>)> = digests.iter().map(|m| m.content()).collect();
     flyt::write_score_table(layout.scores(&name), &emb.ids, &digests, &cols).map_err(|e| fail(e.to_string()))?;
+    let scores_sha256 = flyt::file_sha256(&layout.scores(&name)).map_err(|e| fail(e.to_string()))?;
     layout.write_rejects(&name, &rejects).map_err(|e| fail(e.to_string()))?;
     let mut embeddings = None;
     if o.store && matches!(via, Via::Model { .. }) {
@@ -147,6 +148,7 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
         dim: emb.dim,
         flyt_version: env!("CARGO_PKG_VERSION").into(),
         content_digests: true,
+        scores: Some(flyt::curation::TableId { sha256: scores_sha256, rows: emb.ids.len() as u64 }),
     };
     layout.write_record(&record).map_err(|e| fail(e.to_string()))?;
     let summary = ShardSummary { name: name.clone(), rows: record.rows, stats, replayed: false, via: via_name.into() };

@@ -20,8 +20,14 @@ pub struct Counters {
     pub done: AtomicU64,
     /// Of those, replayed from an earlier run.
     pub replayed: AtomicU64,
-    /// Shards that failed.
+    /// Shard failures (each failed attempt counts; see `failed_now`).
     pub failed: AtomicU64,
+    /// Shards whose last attempt failed (the manifest's `failed` list): a retried shard that commits leaves it.
+    pub failed_now: AtomicU64,
+    /// Shards left unread because a stop was requested (the manifest's `interrupted` list).
+    pub interrupted: AtomicU64,
+    /// Why the last publication of the subset failed (`None` after a successful one).
+    pub publish_error: Mutex<Option<String>>,
     /// Rows (accepted samples) committed in this run.
     pub rows: AtomicU64,
     /// Rejects by reason, over shards committed in this run.
@@ -52,6 +58,9 @@ impl Default for Counters {
             done: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            failed_now: AtomicU64::new(0),
+            interrupted: AtomicU64::new(0),
+            publish_error: Mutex::new(None),
             rows: AtomicU64::new(0),
             rejects: Mutex::new(BTreeMap::new()),
             embed: Default::default(),
@@ -70,11 +79,13 @@ impl Counters {
     /// One status line.
     pub fn line(&self) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let (given, done, failed) = (
+        let (given, done, failures, failed) = (
             self.given.load(Ordering::Relaxed),
             self.done.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
+            self.failed_now.load(Ordering::Relaxed),
         );
+        let interrupted = self.interrupted.load(Ordering::Relaxed);
         let rows = self.rows.load(Ordering::Relaxed);
         let rejects = self.rejects.lock().map(|r| r.clone()).unwrap_or_default();
         let total: u64 = rejects.values().sum();
@@ -84,9 +95,10 @@ impl Counters {
             v.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect()
         };
         let mut s = format!(
-            "shards {done} done, {} pending{} · {rows} samples ({:.0}/s) · rejects {total}",
-            given.saturating_sub(done + failed),
+            "shards {done} done, {} pending{}{} · {rows} samples ({:.0}/s) · rejects {total}",
+            given.saturating_sub(done + failures),
             if failed > 0 { format!(", {failed} failed") } else { String::new() },
+            if interrupted > 0 { format!(", {interrupted} interrupted") } else { String::new() },
             rows as f64 / secs,
         );
         if !top.is_empty() {

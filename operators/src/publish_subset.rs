@@ -90,6 +90,11 @@ pub struct PublishOptions {
     pub duplicates: bool,
     /// Kept equal to the least time not yet complete (`u64::MAX` at the end), for the source on the same worker.
     pub done_before: Rc<Cell<u64>>,
+    /// Set by the source on the same worker ([`crate::WatchOptions::restored_before`]): the time before which
+    /// every shard an earlier run committed has come back (replayed, re-read, or found gone); `u64::MAX` until
+    /// the source has looked. While an earlier manifest exists and the frontier is below it, nothing is
+    /// published, so a restart never replaces the subset on disk with one that reflects less.
+    pub restored_before: Rc<Cell<u64>>,
 }
 
 #[derive(Default)]
@@ -97,6 +102,7 @@ struct State {
     counts: HashMap<Uid, i64>,
     shards: BTreeMap<String, ShardSummary>,
     failed: BTreeMap<String, String>,
+    interrupted: BTreeMap<String, String>,
     external: BTreeMap<PathBuf, (u64, Vec<String>, Option<String>)>,
     pool: i64,
     version: u64,
@@ -121,9 +127,15 @@ impl<'scope> PublishSubset for Stream<'scope, u64, Vec<SinkEvent>> {
                 let activator = scope.activator_for(info.address);
                 let mut stash: BTreeMap<u64, Vec<SinkEvent>> = BTreeMap::new();
                 let mut state = State::default();
+                // What an earlier run published: its version goes on (never backwards), and until the shards it
+                // reflects are back, nothing is published over it.
+                let earlier = if ctx.publisher { earlier_manifest(&ctx.layout) } else { None };
+                state.version = earlier.as_ref().map(|e| e.version).unwrap_or(0);
+                let hold = earlier.is_some();
                 let mut dirty = true; // publish once at the start too, so OUT/subset.npy always exists
                 let mut finished = false;
                 let mut last = Instant::now() - ctx.every;
+                let mut backoff = Duration::from_secs(1);
                 move |(input, frontier), _output| {
                     input.for_each(|cap, data| {
                         let Some(t) = cap.least().copied() else { return };
@@ -142,6 +154,9 @@ impl<'scope> PublishSubset for Stream<'scope, u64, Vec<SinkEvent>> {
                         return;
                     }
                     let end = bound == u64::MAX;
+                    if hold && !end && bound < ctx.restored_before.get() {
+                        return; // an earlier run's subset stays until its shards are back
+                    }
                     if dirty || (end && !finished) {
                         if end || last.elapsed() >= ctx.every {
                             let started = Instant::now();
@@ -152,11 +167,26 @@ impl<'scope> PublishSubset for Stream<'scope, u64, Vec<SinkEvent>> {
                             match published {
                                 Ok(()) => {
                                     ctx.counters.published.fetch_add(1, Ordering::Relaxed);
+                                    if let Ok(mut e) = ctx.counters.publish_error.lock() {
+                                        *e = None;
+                                    }
                                     dirty = false;
                                     finished = end;
                                     last = Instant::now();
+                                    backoff = Duration::from_secs(1);
                                 }
-                                Err(e) => tracing::error!(error = %e, "could not publish the subset"),
+                                Err(e) => {
+                                    // Recorded for the run's exit status; a following run tries again after a
+                                    // growing pause (a full disk may get space back).
+                                    tracing::error!(error = %e, "could not publish the subset");
+                                    if let Ok(mut slot) = ctx.counters.publish_error.lock() {
+                                        *slot = Some(e.to_string());
+                                    }
+                                    if !end {
+                                        activator.activate_after(backoff);
+                                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                                    }
+                                }
                             }
                         } else {
                             activator.activate_after(ctx.every.saturating_sub(last.elapsed()));
@@ -187,6 +217,12 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
         }
         SinkEvent::Committed(s) => {
             progress.done.fetch_add(1, Ordering::Relaxed);
+            if state.failed.remove(&s.name).is_some() {
+                progress.failed_now.fetch_sub(1, Ordering::Relaxed);
+            }
+            if state.interrupted.remove(&s.name).is_some() {
+                progress.interrupted.fetch_sub(1, Ordering::Relaxed);
+            }
             if s.replayed {
                 progress.replayed.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -197,7 +233,6 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
                     }
                 }
             }
-            state.failed.remove(&s.name);
             state.shards.insert(s.name.clone(), *s);
         }
         SinkEvent::Retracted { name } => {
@@ -205,7 +240,13 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
         }
         SinkEvent::Failed { name, error } => {
             progress.failed.fetch_add(1, Ordering::Relaxed);
-            state.failed.insert(name, error);
+            if flyt::is_interruption(&error) {
+                if state.interrupted.insert(name, error).is_none() {
+                    progress.interrupted.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if state.failed.insert(name, error).is_none() {
+                progress.failed_now.fetch_add(1, Ordering::Relaxed);
+            }
         }
         SinkEvent::External { file, values, columns, error } => {
             state.external.insert(file, (values, columns, error));
@@ -270,6 +311,7 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
             "record": format!("shards/{}.json", s.name),
         })).collect::<Vec<_>>(),
         "failed": state.failed.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+        "interrupted": state.interrupted.keys().collect::<Vec<_>>(),
         "external_scores": state.external.iter().map(|(f, (n, c, e))| json!({
             "file": f, "values": n, "columns": c, "error": e,
         })).collect::<Vec<_>>(),
@@ -280,6 +322,19 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
         .map_err(|e| flyt::Error::format(ctx.layout.manifest(), "manifest", e.to_string()))?;
     flyt::write_atomic(&ctx.layout.manifest(), text.as_bytes())?;
     Ok(())
+}
+
+/// What an earlier run's manifest says that a restart must respect.
+struct Earlier {
+    version: u64,
+}
+
+/// The manifest an earlier run published in this directory, if there is one with a subset that still exists.
+fn earlier_manifest(layout: &Layout) -> Option<Earlier> {
+    let bytes = std::fs::read(layout.manifest()).ok()?;
+    let m: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let version = m.get("version")?.as_u64()?;
+    layout.subset().exists().then_some(Earlier { version })
 }
 
 /// Writes `duplicates.parquet`: `uid`, `duplicate_of`, `reason`, `similarity` (near duplicates), sorted by uid.

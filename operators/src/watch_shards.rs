@@ -155,19 +155,36 @@ fn tar_stem(name: &str) -> Option<&str> {
     [".tar.gz", ".tgz", ".tar"].iter().find_map(|s| name.strip_suffix(s))
 }
 
-/// Groups a directory listing (or explicit files) into units by name.
-pub fn list_units(dirs: &[PathBuf], files: &[PathBuf]) -> BTreeMap<String, Unit> {
+/// Groups a directory listing (or explicit files) into units by name. Only regular files (a symlink counts by
+/// what it points at) take part: a FIFO, a device, a socket or a directory under a shard's name is left out
+/// (checked by `stat`, never by opening it, so a FIFO cannot block the listing) and recorded in `refused` with
+/// the reason.
+pub fn list_units(
+    dirs: &[PathBuf],
+    files: &[PathBuf],
+    refused: &mut BTreeMap<PathBuf, String>,
+) -> BTreeMap<String, Unit> {
     let mut units: BTreeMap<String, Unit> = BTreeMap::new();
-    let mut paths: Vec<PathBuf> = files.to_vec();
+    let mut paths: Vec<(PathBuf, bool)> = files.iter().map(|f| (f.clone(), false)).collect();
     for d in dirs {
         match std::fs::read_dir(d) {
-            Ok(rd) => paths.extend(rd.flatten().map(|e| e.path())),
+            // The listing's file type spares a stat for plain files; links are followed below.
+            Ok(rd) => paths.extend(rd.flatten().map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file())))),
             Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot list the shard directory"),
         }
     }
-    for p in paths {
+    for (p, plain) in paths {
         let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
         if is_temporary(&name) {
+            continue;
+        }
+        let relevant =
+            tar_stem(&name).is_some() || [".parquet", ".npz", "_stats.json", ".done"].iter().any(|s| name.ends_with(s));
+        if relevant
+            && !plain
+            && let Err(why) = flyt::check_regular(&p)
+        {
+            refused.insert(p, why);
             continue;
         }
         let (stem, slot) = if let Some(s) = tar_stem(&name) {
@@ -252,8 +269,24 @@ pub enum Decision {
     Run(Via, Vec<FileId>),
 }
 
+/// Checks a committed shard's score table against its record: present, readable, and (for records that carry
+/// them) the digest and row count the commit wrote.
+pub fn verify_score_table(layout: &Layout, rec: &ShardRecord) -> Result<(), String> {
+    let path = layout.scores(&rec.name);
+    let digest = flyt::file_sha256(&path).map_err(|e| e.to_string())?;
+    match &rec.scores {
+        Some(want) if want.sha256 != digest => Err(format!(
+            "{}: SHA-256 {digest}, the commit record says {} ({} rows)",
+            path.display(),
+            want.sha256,
+            want.rows
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Decides what to do with a unit given its commit record, if any.
-pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities) -> Decision {
+pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities, layout: &Layout) -> Decision {
     let sidecars = unit.parquet.clone().zip(unit.npz.clone());
     if models.arrival == Arrival::Marker && !unit.marker {
         return Decision::Wait;
@@ -288,7 +321,15 @@ pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities) ->
         return Decision::Run(via, inputs);
     }
     if models.same_scoring(rec) {
-        return Decision::Replay;
+        // The score table must be the one the commit wrote: a table changed, cut, missing or unreadable is
+        // rebuilt from the shard's inputs, never replayed as it is.
+        return match verify_score_table(layout, rec) {
+            Ok(()) => Decision::Replay,
+            Err(why) => {
+                tracing::warn!(shard = %rec.name, %why, "the committed score table fails its check; reading the shard again");
+                Decision::Run(via, inputs)
+            }
+        };
     }
     // Only the scoring changed (a method, a FLYT head, a method's inputs): re-score from the embeddings at hand.
     match (&via, &rec.embeddings) {
@@ -333,6 +374,16 @@ pub struct Watcher {
     given: HashMap<String, (Vec<FileId>, u64)>,
     /// Score files already given out.
     given_scores: HashMap<PathBuf, FileId>,
+    /// Shard jobs given out whose outcome is not checked yet: time → name.
+    unchecked: BTreeMap<u64, String>,
+    /// Shards whose job failed: when to try again, and how many tries so far (only while following).
+    retry: HashMap<String, (Instant, u32)>,
+    /// Paths under shard names that are not regular files, and why (each warned about once).
+    refused: BTreeMap<PathBuf, String>,
+    /// Names an earlier run committed that the first scan gave out again (replays and re-reads).
+    pub restoring: std::collections::HashSet<String>,
+    /// Whether failed shards are tried again (a following run).
+    pub retry_failed: bool,
 }
 
 impl Watcher {
@@ -347,6 +398,37 @@ impl Watcher {
             layout,
             given: HashMap::new(),
             given_scores: HashMap::new(),
+            unchecked: BTreeMap::new(),
+            retry: HashMap::new(),
+            refused: BTreeMap::new(),
+            restoring: Default::default(),
+            retry_failed: false,
+        }
+    }
+
+    /// Shard jobs done (before `committed_before`) without a commit record of the inputs they were given:
+    /// they failed. While following, each is given out again after a pause that doubles with every failure
+    /// (1 s up to 5 min), so a shard that failed for lack of disk space commits once space is back.
+    fn check_outcomes(&mut self, committed_before: u64) {
+        let done: Vec<u64> = self.unchecked.range(..committed_before).map(|(t, _)| *t).collect();
+        for t in done {
+            let Some(name) = self.unchecked.remove(&t) else { continue };
+            let Some((inputs, at)) = self.given.get(&name) else { continue };
+            if *at != t {
+                continue; // given again since
+            }
+            let committed = self.layout.record_of(&name).is_some_and(|r| {
+                r.inputs.len() == inputs.len()
+                    && r.inputs.iter().zip(inputs).all(|(a, b)| a.size == b.size && a.mtime_ns == b.mtime_ns)
+            });
+            if committed {
+                self.retry.remove(&name);
+            } else if self.retry_failed && !flyt::stop_requested() {
+                let tries = self.retry.get(&name).map(|r| r.1).unwrap_or(0) + 1;
+                let pause = Duration::from_secs(1u64 << tries.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+                tracing::warn!(shard = %name, tries, pause_s = pause.as_secs(), "the shard failed; it will be tried again");
+                self.retry.insert(name, (Instant::now() + pause, tries));
+            }
         }
     }
 
@@ -355,7 +437,25 @@ impl Watcher {
     pub fn scan(&mut self, first: bool, committed_before: u64) -> Vec<Job> {
         let mut jobs = Vec::new();
         let records = if first { self.layout.records() } else { BTreeMap::new() };
-        let units = list_units(&self.dirs, &self.files);
+        let mut refused = BTreeMap::new();
+        let units = list_units(&self.dirs, &self.files, &mut refused);
+        for (p, why) in &refused {
+            if !self.refused.contains_key(p) {
+                tracing::warn!(%why, "left out of the input: only regular files are shards");
+            }
+        }
+        self.refused = refused;
+        self.check_outcomes(committed_before);
+        // Failed shards whose pause is over are given out as if new.
+        let now = Instant::now();
+        let due: Vec<String> =
+            self.retry.iter().filter(|(_, (when, _))| *when <= now).map(|(n, _)| n.clone()).collect();
+        for name in due {
+            self.given.remove(&name);
+            if let Some(r) = self.retry.get_mut(&name) {
+                r.0 = now + Duration::from_secs(365 * 24 * 3600); // until its outcome is known again
+            }
+        }
         // Shards whose files are all gone leave the pool (once their job is done).
         let gone: Vec<(String, u64)> =
             self.given.iter().filter(|(n, _)| !units.contains_key(*n)).map(|(n, (_, at))| (n.clone(), *at)).collect();
@@ -378,14 +478,20 @@ impl Watcher {
             match self.given.get(&name) {
                 None => {
                     let rec = if first { records.get(&name).cloned() } else { self.layout.record_of(&name) };
-                    match decide(&unit, rec.as_ref(), &self.models) {
+                    match decide(&unit, rec.as_ref(), &self.models, &self.layout) {
                         Decision::Wait => {}
                         Decision::Replay => {
                             let inputs = rec.map(|r| r.inputs).unwrap_or_default();
                             self.given.insert(name.clone(), (inputs, 0));
+                            if first {
+                                self.restoring.insert(name.clone());
+                            }
                             jobs.push(Job::Replay { name });
                         }
                         Decision::Run(via, inputs) => {
+                            if first && rec.is_some() {
+                                self.restoring.insert(name.clone());
+                            }
                             self.given.insert(name.clone(), (inputs.clone(), u64::MAX));
                             jobs.push(Job::Shard { name, inputs, via });
                         }
@@ -406,7 +512,7 @@ impl Watcher {
                         self.given.insert(name, (now, *at));
                         continue;
                     }
-                    match decide(&unit, None, &self.models) {
+                    match decide(&unit, None, &self.models, &self.layout) {
                         Decision::Run(via, inputs) => {
                             if let Some(r) = rec {
                                 match self.layout.replay(&r, &self.models.columns) {
@@ -449,6 +555,7 @@ impl Watcher {
     pub fn given_at(&mut self, name: &str, time: u64) {
         if let Some(e) = self.given.get_mut(name) {
             e.1 = time;
+            self.unchecked.insert(time, name.to_string());
         }
     }
 }
@@ -470,6 +577,9 @@ pub struct WatchOptions {
     /// The least time not yet complete, kept by the graph's publisher on the same worker (a job whose time is
     /// below it is done).
     pub done_before: Rc<Cell<u64>>,
+    /// Set after the first scan to the time before which every shard an earlier run committed has come back
+    /// (one past the latest job given for such a shard; 0 when there is none); read by the publisher.
+    pub restored_before: Rc<Cell<u64>>,
 }
 
 /// The shard source: on global worker 0, scans the inputs ([`Watcher::scan`]) and emits each job at its own
@@ -498,7 +608,7 @@ pub struct WatchOptions {
 ///     let opts = WatchOptions {
 ///         watcher: Watcher::new(&shards, None, ids, Layout::new(out.path())),
 ///         follow: false, poll: std::time::Duration::from_millis(10), idle_exit: None, stop: &STOP,
-///         counters: Default::default(), done_before: Default::default(),
+///         counters: Default::default(), done_before: Default::default(), restored_before: Default::default(),
 ///     };
 ///     scope.watch_shards(opts).inspect(move |j| {
 ///         if let Job::Shard { name, .. } = j { sink.lock().unwrap().push(name.clone()) }
@@ -515,7 +625,9 @@ pub trait WatchShards<'scope> {
 
 impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
     fn watch_shards(self, options: WatchOptions) -> Stream<'scope, u64, Vec<Job>> {
-        let WatchOptions { mut watcher, follow, poll, idle_exit, stop, counters, done_before } = options;
+        let WatchOptions { mut watcher, follow, poll, idle_exit, stop, counters, done_before, restored_before } =
+            options;
+        watcher.retry_failed = follow;
         let index = self.index();
         let scope = self;
         source::<u64, CapacityContainerBuilder<Vec<Job>>, _, _>(self, "WatchShards", move |cap, info| {
@@ -530,6 +642,7 @@ impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
                 if !jobs.is_empty() {
                     last_new = Instant::now();
                 }
+                let mut restored = 0u64;
                 for job in jobs {
                     let t = match &job {
                         Job::Replay { .. } => 0,
@@ -547,12 +660,21 @@ impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
                     if !matches!(job, Job::Scores { .. } | Job::Retract { .. }) {
                         counters.given.fetch_add(1, Ordering::Relaxed);
                     }
+                    if first
+                        && let Job::Replay { name } | Job::Shard { name, .. } = &job
+                        && watcher.restoring.contains(name)
+                    {
+                        restored = restored.max(t + 1);
+                    }
                     output.session(&c.delayed(&t)).give(job);
+                }
+                if first {
+                    restored_before.set(restored);
                 }
                 first = false;
                 c.downgrade(&next);
                 let idle = idle_exit.is_some_and(|d| last_new.elapsed() >= d && done_before.get() >= next);
-                if !follow || stop.load(Ordering::Relaxed) || idle {
+                if !follow || stop.load(Ordering::Relaxed) || flyt::stop_requested() || idle {
                     cap = None;
                 } else {
                     activator.activate_after(poll);

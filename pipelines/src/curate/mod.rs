@@ -49,12 +49,15 @@ use crate::graph::Front;
 use crate::methods::Loaded;
 use crate::{Context, Error, Result};
 
-/// Set by SIGINT/SIGTERM (see [`install_stop_signals`]): a following run stops taking new shards, finishes
-/// what it has, publishes and exits.
+/// Set by SIGINT/SIGTERM (see [`install_stop_signals`]): a run stops taking new shards, interrupts the reads in
+/// flight (those shards stay uncommitted and are listed as `interrupted` in the manifest), publishes what is
+/// committed and exits.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+    // In-flight shard reads and digests end at their next block (the shards stay uncommitted: "interrupted").
+    flyt::request_stop();
 }
 
 /// Routes SIGINT and SIGTERM to [`STOP`].
@@ -120,6 +123,9 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> Result<Summar
         timely::CommunicationConfig::Process(n) | timely::CommunicationConfig::ProcessBinary(n) => (0, *n),
         _ => (0, 1),
     };
+    // One run per output directory (per process index of a cluster run): a second gets an error naming the
+    // holder instead of racing the first's files.
+    let _lock = layout.lock(process)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let embed_threads = (cores / threads.max(1)).max(1);
     let loaded = Arc::new(Loaded::load(&methods, &config.score.inputs(config.input.prefix.clone()), embed_threads)?);
@@ -205,6 +211,13 @@ pub fn run(config: CurateConfig, timely_config: timely::Config) -> Result<Summar
         let _ = d.join();
     }
     result?;
+    if let Some(e) = counters.publish_error.lock().ok().and_then(|e| e.clone()) {
+        return Err(Error::Incomplete(format!(
+            "could not publish the subset into {}: {e}; the shards committed so far stay committed, and a run \
+             started again publishes them",
+            layout.out.display()
+        )));
+    }
     let mut summary = Summary { line: counters.line(), stages: counters.stage_seconds(), ..Default::default() };
     if process == 0 {
         let m = layout.manifest();
@@ -240,6 +253,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
     }
     let layout = Layout::new(&cfg.output.dir);
     let done_before = Rc::new(Cell::new(0u64));
+    let restored_before = Rc::new(Cell::new(u64::MAX));
     let columns = shared.identities.columns.clone();
     let front = Front {
         embedder,
@@ -265,6 +279,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
                 stop: &STOP,
                 counters: shared.counters.clone(),
                 done_before: done_before.clone(),
+                restored_before: restored_before.clone(),
             })
             .exchange(|j| j.route());
 
@@ -311,6 +326,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> R
             publisher: index == 0,
             duplicates: cfg.dedup.exact || cfg.dedup.semantic.is_some(),
             done_before: done_before.clone(),
+            restored_before: restored_before.clone(),
         });
     });
     Ok(())
