@@ -8,27 +8,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{bpe, flyt, manifest, ok, subset};
+use common::{flyt, manifest, ok, subset, tiny_clip};
 use flyt::Uid;
 use flyt::sampling::{Target, scs};
 use flyt::synth::{SynthImage, SynthPool, SynthSidecars};
 use tch::{Device, Tensor, nn};
-
-fn tiny_clip(dir: &Path) {
-    let cfg: flyt::clip::ClipConfig = serde_json::from_value(serde_json::json!({
-        "text_config": {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "max_position_embeddings": 77},
-        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                          "image_size": 16, "patch_size": 8},
-        "projection_dim": 8
-    }))
-    .unwrap();
-    tch::manual_seed(3);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let clip = flyt::clip::Clip::new(&vs.root(), &cfg).unwrap();
-    clip.save(&vs, dir).unwrap();
-    flyt::clip::ClipTokenizer::write_hf_vocab(bpe(), dir).unwrap();
-}
 
 fn write_checkpoint(path: &Path, tensors: Vec<(String, Tensor)>, meta: serde_json::Value) {
     let named: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();

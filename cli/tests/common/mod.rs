@@ -142,3 +142,21 @@ pub fn subset(out: &Path) -> std::collections::BTreeMap<flyt::Uid, u32> {
 pub fn manifest(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
 }
+
+/// A tiny random CLIP (16-d towers, 8-d projection, 16 px images) with the real tokenizer, saved as a Hugging
+/// Face folder.
+pub fn tiny_clip(dir: &Path) {
+    let cfg: flyt::clip::ClipConfig = serde_json::from_value(serde_json::json!({
+        "text_config": {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "image_size": 16, "patch_size": 8},
+        "projection_dim": 8
+    }))
+    .unwrap();
+    tch::manual_seed(3);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let clip = flyt::clip::Clip::new(&vs.root(), &cfg).unwrap();
+    clip.save(&vs, dir).unwrap();
+    flyt::clip::ClipTokenizer::write_hf_vocab(bpe(), dir).unwrap();
+}
