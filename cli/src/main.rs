@@ -69,7 +69,8 @@ enum Command {
     /// `OUT/subset.npy` (Soft Cap Sampling) and `OUT/manifest.json` up to date. Exactly-once, resumable.
     Curate(Box<curate::Args>),
     /// Serve a curation output directory over Arrow Flight: scores, the live subset and its changes, stats,
-    /// rejects, embeddings; accept external scores and new shard paths (with a bearer token).
+    /// rejects, embeddings (with the bearer token); accept external scores and new shard paths from
+    /// --allow-shards-from directories (with the bearer token).
     Serve(serve::Args),
     /// Evaluate the curation methods on a mini-DataComp built from real data (Fashion-MNIST and handwritten
     /// digits, Openclipart, web alt-text) with a reference CLIP trained on a web-like slice: curate with each

@@ -17,6 +17,13 @@ pub struct FlightArgs {
     /// Reads need the token too.
     #[arg(long)]
     pub auth_reads: bool,
+    /// Serve `embeddings/<shard>` flights without the token (by default they need it, as writes do).
+    #[arg(long)]
+    pub public_embeddings: bool,
+    /// A directory whose files (symlinks resolved) a `shards` put may link for ingestion; repeatable.
+    /// None: `shards` puts are refused.
+    #[arg(long, value_name = "DIR")]
+    pub allow_shards_from: Vec<PathBuf>,
     /// TLS certificate (PEM); with --tls-key the service speaks TLS only.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -29,6 +36,15 @@ pub struct FlightArgs {
     /// Largest DoPut in rows.
     #[arg(long, default_value_t = 10_000_000)]
     pub max_put_rows: usize,
+    /// Largest DoPut in bytes of decoded record batches, counted as they arrive (default 256 MiB).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_put_bytes: usize,
+    /// The bytes of record batches all puts in flight may hold together (default 1 GiB).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_put_bytes_total: usize,
+    /// The most bytes the score directory's files may hold after a `scores/<name>` put (default 10 GiB).
+    #[arg(long, default_value_t = 10 << 30)]
+    pub max_score_bytes: u64,
 }
 
 impl FlightArgs {
@@ -48,6 +64,15 @@ impl FlightArgs {
         if self.auth_reads && token.is_none() {
             anyhow::bail!("--auth-reads needs --token or --token-file");
         }
+        let allow_shards_from = self
+            .allow_shards_from
+            .iter()
+            .map(|d| match std::fs::canonicalize(d) {
+                Ok(c) if c.is_dir() => Ok(c),
+                Ok(_) => anyhow::bail!("--allow-shards-from {}: not a directory", d.display()),
+                Err(e) => anyhow::bail!("--allow-shards-from {}: {e}", d.display()),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(FlightOptions {
             addr,
             token,
@@ -55,6 +80,11 @@ impl FlightArgs {
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             max_message_bytes: self.max_message_bytes,
             max_put_rows: self.max_put_rows,
+            max_put_bytes: self.max_put_bytes,
+            max_put_bytes_total: self.max_put_bytes_total,
+            max_score_bytes: self.max_score_bytes,
+            allow_shards_from,
+            public_embeddings: self.public_embeddings,
             ..Default::default()
         })
     }
@@ -76,6 +106,12 @@ pub struct Args {
 
 /// Runs `flyt serve` until SIGINT/SIGTERM.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if !a.out.is_dir() {
+        anyhow::bail!(
+            "--out {}: no such directory (flyt serve reads the output directory of flyt curate --out)",
+            a.out.display()
+        );
+    }
     let opts = a.flight.options(a.addr)?;
     flyt_pipelines::install_stop_signals();
     eprintln!(

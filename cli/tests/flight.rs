@@ -40,13 +40,16 @@ import sys, time, json, numpy as np, pyarrow as pa, pyarrow.flight as fl
 port, token, out, new_shard = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 c = fl.connect(f"grpc://127.0.0.1:{port}")
 auth = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
-names = sorted("/".join(p.decode() for p in f.descriptor.path) for f in c.list_flights())
+names = sorted("/".join(p.decode() for p in f.descriptor.path) for f in c.list_flights(options=auth))
 assert {"scores", "subset", "stats", "rejects", "changes"} <= set(names), names
 assert sum(n.startswith("embeddings/") for n in names) == 3, names
+# embeddings flights are the token's: not listed without it
+public = sorted("/".join(p.decode() for p in f.descriptor.path) for f in c.list_flights())
+assert public == [n for n in names if not n.startswith("embeddings/")], public
 
 def read(path, opts=None):
-    info = c.get_flight_info(fl.FlightDescriptor.for_path(*path))
-    tables = [c.do_get(e.ticket).read_all() for e in info.endpoints]
+    info = c.get_flight_info(fl.FlightDescriptor.for_path(*path), options=opts)
+    tables = [c.do_get(e.ticket, options=opts).read_all() for e in info.endpoints]
     return info, pa.concat_tables(tables) if tables else None
 
 info, scores = read(["scores"])
@@ -123,7 +126,7 @@ assert scores.column("score").null_count == 0
 _, stats = read(["stats"])
 assert stats.num_rows == 3 and sum(stats.column("rows").to_pylist()) == rows
 _, rejects = read(["rejects"])
-_, emb = read(["embeddings", names[[n.startswith("embeddings/") for n in names].index(True)].split("/")[1]])
+_, emb = read(["embeddings", names[[n.startswith("embeddings/") for n in names].index(True)].split("/")[1]], auth)
 assert emb.schema.field("image").type.list_size == 16 and emb.num_rows > 0
 
 # A new shard by path: the followed curation ingests it.
@@ -170,6 +173,8 @@ fn pyarrow_client_lists_reads_and_writes_during_a_followed_curation() {
             TOKEN,
             "--max-put-rows",
             "600",
+            "--allow-shards-from",
+            "later",
         ],
         p,
     );

@@ -11,10 +11,13 @@
 //!   descriptor `changes/<since>` streams them as they happen.
 //!
 //! `DoPut` with descriptor `scores/<name>` stores external method scores (`uid` + float columns) as an
-//! immutable score file the curation joins for M-FLYT; `shards` (a `path` column) links new shard files into
-//! the watched shard directory. Writes need the bearer token (`authorization: Bearer <token>`); reads too
-//! with `auth_reads`. Bad input gets `InvalidArgument` (or `AlreadyExists`, `FailedPrecondition`,
-//! `Unauthenticated`) and changes nothing.
+//! immutable score file the curation joins for M-FLYT; `shards` (a `path` column) links new shard files from
+//! the `allow_shards_from` directories into the watched shard directory. Writes need the bearer token
+//! (`authorization: Bearer <token>`); so do `embeddings/...` reads unless `public_embeddings`, and all reads
+//! with `auth_reads`. A put's record batches are bounded in rows and bytes as they arrive, and the puts in
+//! flight together in bytes; the score directory in bytes. Bad input gets `InvalidArgument` (or
+//! `AlreadyExists`, `FailedPrecondition`, `PermissionDenied`, `ResourceExhausted`, `Unauthenticated`) and
+//! changes nothing.
 
 mod put;
 mod state;
@@ -22,6 +25,7 @@ mod state;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +58,16 @@ pub struct FlightOptions {
     pub max_message_bytes: usize,
     /// Largest DoPut, in rows.
     pub max_put_rows: usize,
+    /// Largest DoPut, in bytes of decoded record batches (counted as they arrive).
+    pub max_put_bytes: usize,
+    /// The bytes of decoded record batches all puts in flight may hold together.
+    pub max_put_bytes_total: usize,
+    /// The most bytes the files in the score directory may hold after a `scores/<name>` put.
+    pub max_score_bytes: u64,
+    /// The directories a `shards` put may link files from (symlinks resolved); none: `shards` puts are refused.
+    pub allow_shards_from: Vec<PathBuf>,
+    /// `embeddings/...` flights can be read without the token (unless `auth_reads`).
+    pub public_embeddings: bool,
     /// Rows per subset endpoint.
     pub part_rows: usize,
 }
@@ -67,6 +81,11 @@ impl Default for FlightOptions {
             tls: None,
             max_message_bytes: 64 << 20,
             max_put_rows: 10_000_000,
+            max_put_bytes: 256 << 20,
+            max_put_bytes_total: 1 << 30,
+            max_score_bytes: 10 << 30,
+            allow_shards_from: Vec::new(),
+            public_embeddings: false,
             part_rows: 1_000_000,
         }
     }
@@ -78,6 +97,81 @@ pub struct CurationFlight {
     state: Arc<Mutex<State>>,
     opts: Arc<FlightOptions>,
     versions: tokio::sync::watch::Receiver<u64>,
+    /// Bytes of record batches the puts in flight hold.
+    put_bytes: Arc<AtomicUsize>,
+}
+
+/// What a request needs to be allowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Access {
+    /// A read of a flight other than `embeddings/...`.
+    Read,
+    /// A read of `embeddings/...`.
+    Embeddings,
+    /// A write.
+    Write,
+}
+
+/// Bytes of the puts in flight reserved against the shared budget; given back when dropped, however the
+/// put ends (refused, failed, cancelled or stored).
+struct Reservation {
+    used: Arc<AtomicUsize>,
+    held: usize,
+}
+
+impl Reservation {
+    /// Reserves `n` more bytes if the total stays within `limit`.
+    fn grow(&mut self, n: usize, limit: usize) -> bool {
+        let ok = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_add(n).filter(|t| *t <= limit))
+            .is_ok();
+        if ok {
+            self.held += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.held, Ordering::SeqCst);
+    }
+}
+
+/// The memory a decoded record batch holds: each distinct allocation its arrays' buffers point into, once
+/// (batches decoded from a message share its body; `get_array_memory_size` would count it per buffer).
+fn batch_bytes(b: &RecordBatch) -> usize {
+    fn walk(d: &arrow_data::ArrayData, seen: &mut std::collections::HashMap<usize, usize>) {
+        let buffers = d.buffers().iter().chain(d.nulls().map(|n| n.buffer()));
+        for buf in buffers {
+            let size = buf.capacity().max(buf.len());
+            let e = seen.entry(buf.data_ptr().as_ptr() as usize).or_insert(0);
+            *e = (*e).max(size);
+        }
+        for c in d.child_data() {
+            walk(c, seen);
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for c in b.columns() {
+        walk(&c.to_data(), &mut seen);
+    }
+    seen.values().sum()
+}
+
+/// What the client sees of an error reading its request stream: a message over the gRPC limit (which tonic
+/// reports as `OutOfRange`) is `ResourceExhausted` naming the flag.
+fn inbound(e: Status, opts: &FlightOptions) -> Status {
+    if e.code() == tonic::Code::OutOfRange && e.message().contains("message length too large") {
+        Status::resource_exhausted(format!(
+            "a message is larger than --max-message-bytes ({} bytes): send smaller record batches ({})",
+            opts.max_message_bytes,
+            e.message()
+        ))
+    } else {
+        e
+    }
 }
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -91,26 +185,50 @@ fn encode(schema: SchemaRef, batches: BoxStream<'static, Result<RecordBatch, Fli
 }
 
 impl CurationFlight {
-    fn authorize<T>(&self, req: &Request<T>, write: bool) -> Result<(), Status> {
-        if !write && !self.opts.auth_reads {
+    /// Whether `access` needs the token.
+    fn needs_token(&self, access: Access) -> bool {
+        match access {
+            Access::Read => self.opts.auth_reads,
+            Access::Embeddings => self.opts.auth_reads || !self.opts.public_embeddings,
+            Access::Write => true,
+        }
+    }
+
+    /// Whether the request carries the service's token.
+    fn has_token<T>(&self, req: &Request<T>) -> bool {
+        let Some(token) = &self.opts.token else { return false };
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|g| {
+            g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+    }
+
+    fn authorize<T>(&self, req: &Request<T>, access: Access) -> Result<(), Status> {
+        if !self.needs_token(access) || self.has_token(req) {
             return Ok(());
         }
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let Some(token) = &self.opts.token else {
-            tracing::warn!(%peer, "refused a write: the service has no token, so it takes no writes");
-            return Err(Status::unauthenticated("this service takes no writes (it was started without a token)"));
-        };
-        let given =
-            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        });
-        if ok {
-            Ok(())
-        } else {
-            tracing::warn!(%peer, write, "refused an unauthenticated request");
-            Err(Status::unauthenticated("missing or wrong bearer token"))
-        }
+        tracing::warn!(%peer, ?access, "refused an unauthenticated request");
+        Err(match (access, self.opts.token.is_some()) {
+            (Access::Write, false) => {
+                Status::unauthenticated("this service takes no writes (it was started without a token)")
+            }
+            (Access::Embeddings, false) if !self.opts.auth_reads => Status::unauthenticated(
+                "embeddings flights need the bearer token and this service has none (start it with --token, or \
+                 with --public-embeddings)",
+            ),
+            (Access::Embeddings, true) if !self.opts.auth_reads => Status::unauthenticated(
+                "missing or wrong bearer token (embeddings flights need it unless the service runs with \
+                 --public-embeddings)",
+            ),
+            _ => Status::unauthenticated("missing or wrong bearer token"),
+        })
+    }
+
+    /// The access a read of the flight at `path` (or ticket `path` split at `/`) needs.
+    fn read_access<S: AsRef<str>>(path: &[S]) -> Access {
+        if path.first().is_some_and(|p| p.as_ref() == "embeddings") { Access::Embeddings } else { Access::Read }
     }
 
     fn blocking<T: Send + 'static>(
@@ -290,13 +408,15 @@ impl FlightService for CurationFlight {
     }
 
     async fn list_flights(&self, req: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        self.authorize(&req, false)?;
+        self.authorize(&req, Access::Read)?;
+        // `embeddings/...` flights are listed only to callers who may read them.
+        let embeddings = !self.needs_token(Access::Embeddings) || self.has_token(&req);
         let opts = self.opts.clone();
         let infos = self
             .blocking(move |s| {
                 let mut paths: Vec<Vec<String>> =
                     ["scores", "subset", "stats", "rejects", "changes"].iter().map(|p| vec![p.to_string()]).collect();
-                for shard in s.shards() {
+                for shard in s.shards().into_iter().filter(|_| embeddings) {
                     if s.record(&shard).is_some_and(|r| r.embeddings.is_some() || r.via == "sidecar") {
                         paths.push(vec!["embeddings".into(), shard]);
                     }
@@ -308,7 +428,7 @@ impl FlightService for CurationFlight {
     }
 
     async fn get_flight_info(&self, req: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&req, false)?;
+        self.authorize(&req, Self::read_access(&req.get_ref().path))?;
         let path = req.into_inner().path;
         let opts = self.opts.clone();
         Ok(Response::new(self.blocking(move |s| CurationFlight::info(s, &path, &opts)).await?))
@@ -324,7 +444,9 @@ impl FlightService for CurationFlight {
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&req, false)?;
+        let raw = &req.get_ref().ticket;
+        let access = if raw.starts_with(b"embeddings/") { Access::Embeddings } else { Access::Read };
+        self.authorize(&req, access)?;
         let ticket = String::from_utf8(req.into_inner().ticket.to_vec())
             .map_err(|_| Status::invalid_argument("ticket is not UTF-8"))?;
         let opts = self.opts.clone();
@@ -346,32 +468,61 @@ impl FlightService for CurationFlight {
     }
 
     async fn do_put(&self, req: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(&req, true)?;
+        self.authorize(&req, Access::Write)?;
+        let opts = self.opts.clone();
         let mut input = req.into_inner();
-        let first = input.next().await.transpose()?.ok_or_else(|| Status::invalid_argument("empty DoPut"))?;
+        let first = input
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| inbound(e, &opts))?
+            .ok_or_else(|| Status::invalid_argument("empty DoPut"))?;
         let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
         let rest = stream::once(async { Ok(first) }).chain(input).map_err(FlightError::from);
         let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(rest);
         let mut batches = Vec::new();
-        let mut rows = 0usize;
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        // Held until the put's batches are dropped, whichever way it ends.
+        let mut reservation = Reservation { used: self.put_bytes.clone(), held: 0 };
         while let Some(b) = decoded.next().await {
-            let b = b.map_err(|e| Status::invalid_argument(format!("undecodable record batch: {e}")))?;
+            let b = b.map_err(|e| match e {
+                FlightError::Tonic(status) => inbound(*status, &opts),
+                e => Status::invalid_argument(format!("undecodable record batch: {e}")),
+            })?;
             rows += b.num_rows();
-            if rows > self.opts.max_put_rows {
-                return Err(Status::invalid_argument(format!(
-                    "batch too large: more than {} rows",
-                    self.opts.max_put_rows
+            if rows > opts.max_put_rows {
+                return Err(Status::invalid_argument(format!("batch too large: more than {} rows", opts.max_put_rows)));
+            }
+            let size = batch_bytes(&b);
+            bytes = bytes.saturating_add(size);
+            if bytes > opts.max_put_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "put too large: its record batches hold more than --max-put-bytes ({} bytes); send fewer rows \
+                     per put",
+                    opts.max_put_bytes
+                )));
+            }
+            if !reservation.grow(size, opts.max_put_bytes_total) {
+                return Err(Status::resource_exhausted(format!(
+                    "the puts in flight hold --max-put-bytes-total ({} bytes) of record batches; retry when \
+                     others have finished",
+                    opts.max_put_bytes_total
                 )));
             }
             batches.push(b);
         }
+        let max_score_bytes = opts.max_score_bytes;
+        let roots = opts.allow_shards_from.clone();
         let result = self
             .blocking(move |s| {
+                let _reservation = reservation;
                 let config = s.config().ok_or_else(|| Status::failed_precondition("no curation state yet"))?;
                 let map = |e: put::PutError| match e {
                     put::PutError::Invalid(m) => Status::invalid_argument(m),
                     put::PutError::Exists(m) => Status::already_exists(m),
                     put::PutError::Precondition(m) => Status::failed_precondition(m),
+                    put::PutError::Exhausted(m) => Status::resource_exhausted(m),
+                    put::PutError::Denied(m) => Status::permission_denied(m),
                     put::PutError::Io(m) => Status::internal(m),
                 };
                 let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
@@ -382,16 +533,22 @@ impl FlightService for CurationFlight {
                                 "the curation has no score directory ([input] scores / --scores)",
                             )
                         })?;
-                        let (n, cols) = put::put_scores(&batches, name, &dir).map_err(map)?;
+                        let (n, cols) = put::put_scores(&batches, name, &dir, max_score_bytes).map_err(map)?;
                         tracing::info!(file = %name, rows = n, "external scores stored");
                         Ok(serde_json::json!({"rows": n, "columns": cols, "file": dir.join(format!("{name}.parquet"))}))
                     }
                     ["shards"] => {
+                        if roots.is_empty() {
+                            return Err(Status::failed_precondition(
+                                "this service links no shard paths: start it with --allow-shards-from DIR (the \
+                                 directories whose files a shards put may link)",
+                            ));
+                        }
                         let dir =
                             config.input.shards.iter().find(|d| d.is_dir()).cloned().ok_or_else(|| {
                                 Status::failed_precondition("the curation watches no shard directory")
                             })?;
-                        let made = put::put_shards(&batches, &dir).map_err(map)?;
+                        let made = put::put_shards(&batches, &dir, &roots).map_err(map)?;
                         tracing::info!(shards = made.len(), "shard paths linked for ingestion");
                         Ok(serde_json::json!({"linked": made}))
                     }
@@ -407,9 +564,14 @@ impl FlightService for CurationFlight {
         &self,
         req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(&req, false)?;
+        self.authorize(&req, Access::Read)?;
         let mut input = req.into_inner();
-        let first = input.next().await.transpose()?.ok_or_else(|| Status::invalid_argument("empty DoExchange"))?;
+        let first = input
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| inbound(e, &self.opts))?
+            .ok_or_else(|| Status::invalid_argument("empty DoExchange"))?;
         let path = first.flight_descriptor.map(|d| d.path).unwrap_or_default();
         let since = match path.iter().map(|s| s.as_str()).collect::<Vec<_>>().as_slice() {
             ["changes"] => 0,
@@ -422,11 +584,20 @@ impl FlightService for CurationFlight {
         let next = backlog.last().map(|(v, _)| *v).unwrap_or(since);
         let (state, rx) = (self.state.clone(), self.versions.clone());
         let first_batch = state::changes_batch(&backlog).map_err(internal)?;
-        // The backlog, then one batch per new version until the client goes away or the service stops.
-        let live = stream::unfold((rx, next, state), |(mut rx, seen, state)| async move {
+        // The backlog, then one batch per new version until the client closes its side (or goes away) or the
+        // service stops. Messages the client sends after the descriptor are read and ignored.
+        let live = stream::unfold((rx, next, state, input), |(mut rx, seen, state, mut input)| async move {
             loop {
-                if rx.changed().await.is_err() {
-                    return None;
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    msg = input.next() => match msg {
+                        Some(Ok(_)) => continue,
+                        None | Some(Err(_)) => return None,
+                    },
                 }
                 let st = state.clone();
                 let got = tokio::task::spawn_blocking(move || st.lock().ok().and_then(|s| s.changes_since(seen).ok()))
@@ -437,13 +608,13 @@ impl FlightService for CurationFlight {
                     Some(c) if !c.is_empty() => {
                         let last = c.last().map(|(v, _)| *v).unwrap_or(seen);
                         let b = state::changes_batch(&c).map_err(|e| FlightError::ExternalError(e.into()));
-                        return Some((b, (rx, last, state)));
+                        return Some((b, (rx, last, state, input)));
                     }
                     Some(_) => continue,
                     None => {
                         return Some((
                             Err(FlightError::protocol("changes fell out of the window; start again")),
-                            (rx, u64::MAX, state),
+                            (rx, u64::MAX, state, input),
                         ));
                     }
                 }
@@ -495,7 +666,8 @@ pub async fn serve(
             }
         })
     };
-    let svc = CurationFlight { state, opts: Arc::new(opts.clone()), versions: rx };
+    let svc =
+        CurationFlight { state, opts: Arc::new(opts.clone()), versions: rx, put_bytes: Arc::new(AtomicUsize::new(0)) };
     let server = FlightServiceServer::new(svc)
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);

@@ -21,6 +21,10 @@ pub enum PutError {
     Exists(String),
     /// The service cannot take this put (no score directory configured, ...).
     Precondition(String),
+    /// The put would pass a configured size limit.
+    Exhausted(String),
+    /// The put names a path the service may not link.
+    Denied(String),
     /// Writing failed.
     Io(String),
 }
@@ -50,9 +54,28 @@ pub fn check_name(name: &str) -> Result<(), PutError> {
     }
 }
 
-/// Checks score batches and writes them as `<dir>/<name>.parquet` (temporary name, then rename); returns
-/// (rows, columns).
-pub fn put_scores(batches: &[RecordBatch], name: &str, dir: &Path) -> Result<(usize, Vec<String>), PutError> {
+/// The bytes of the files directly in `dir` (symlinks followed; what cannot be read counts 0).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Checks score batches and writes them as `<dir>/<name>.parquet` (temporary name, then rename), unless the
+/// score files in `dir` would then hold more than `max_dir_bytes`; returns (rows, columns).
+pub fn put_scores(
+    batches: &[RecordBatch],
+    name: &str,
+    dir: &Path,
+    max_dir_bytes: u64,
+) -> Result<(usize, Vec<String>), PutError> {
     check_name(name)?;
     let Some(first) = batches.first() else { return Err(PutError::Invalid("no record batches".into())) };
     let schema = first.schema();
@@ -137,19 +160,50 @@ pub fn put_scores(batches: &[RecordBatch], name: &str, dir: &Path) -> Result<(us
         vec![Arc::new(arrow_array::StringArray::from_iter_values(uids.iter().map(|u| u.to_string())))];
     arrays.extend(values.into_iter().map(|v| Arc::new(arrow_array::Float64Array::from(v)) as ArrayRef));
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| PutError::Io(e.to_string()))?;
+    let full = |stored: u64, adding: Option<u64>| {
+        let what = adding.map(|n| format!(" and this put's {n}-byte file would pass it")).unwrap_or_default();
+        PutError::Exhausted(format!(
+            "the score directory {} holds {stored} bytes of files{what}: over --max-score-bytes ({max_dir_bytes} \
+             bytes)",
+            dir.display()
+        ))
+    };
+    let stored = dir_bytes(dir);
+    if stored >= max_dir_bytes {
+        return Err(full(stored, None));
+    }
     let tmp = dir.join(format!(".{name}.parquet.tmp"));
     let io = |e: &dyn std::fmt::Display| PutError::Io(format!("{}: {e}", tmp.display()));
-    let file = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| io(&e))?;
-    w.write(&batch).map_err(|e| io(&e))?;
-    w.close().map_err(|e| io(&e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&e))?;
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| io(&e))?;
+        w.write(&batch).map_err(|e| io(&e))?;
+        w.close().map_err(|e| io(&e))?;
+        let size = std::fs::metadata(&tmp).map_err(|e| io(&e))?.len();
+        if stored.saturating_add(size) > max_dir_bytes {
+            return Err(full(stored, Some(size)));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| io(&e))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok((uids.len(), columns))
 }
 
 /// Checks a batch of shard paths (a `path` column) and links each into `dir` under its file name; returns the
-/// links made.
-pub fn put_shards(batches: &[RecordBatch], dir: &Path) -> Result<Vec<PathBuf>, PutError> {
+/// links made. A path is taken only if, with its symlinks resolved, it is a regular file under one of `roots`
+/// (resolved too); the link points at the resolved path. No roots: every path is refused.
+pub fn put_shards(batches: &[RecordBatch], dir: &Path, roots: &[PathBuf]) -> Result<Vec<PathBuf>, PutError> {
+    if roots.is_empty() {
+        return Err(PutError::Precondition(
+            "this service links no shard paths: start it with --allow-shards-from DIR (the directories whose \
+             files a shards put may link)"
+                .into(),
+        ));
+    }
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
     let mut paths = Vec::new();
     for b in batches {
         let i = b.schema().index_of("path").map_err(|_| PutError::Invalid("no path column".into()))?;
@@ -180,14 +234,30 @@ pub fn put_shards(batches: &[RecordBatch], dir: &Path) -> Result<Vec<PathBuf>, P
             )));
         }
         check_name(&name).map_err(|_| PutError::Invalid(format!("row {row}: bad file name {name:?}")))?;
-        if !p.is_file() {
-            return Err(PutError::Invalid(format!("row {row}: {} is not a readable file", p.display())));
+        let target = std::fs::canonicalize(p)
+            .map_err(|e| PutError::Invalid(format!("row {row}: {} is not a readable file: {e}", p.display())))?;
+        if !roots.iter().any(|r| target.starts_with(r)) {
+            return Err(PutError::Denied(format!(
+                "row {row}: {} (resolved: {}) is outside the directories --allow-shards-from names",
+                p.display(),
+                target.display()
+            )));
+        }
+        let kind = std::fs::metadata(&target)
+            .map_err(|e| PutError::Invalid(format!("row {row}: {}: {e}", target.display())))?
+            .file_type();
+        if !kind.is_file() {
+            return Err(PutError::Invalid(format!(
+                "row {row}: {} (resolved: {}) is not a regular file",
+                p.display(),
+                target.display()
+            )));
         }
         let link = dir.join(&name);
-        if link.exists() || !names.insert(name.clone()) {
+        if link.symlink_metadata().is_ok() || !names.insert(name.clone()) {
             return Err(PutError::Exists(format!("row {row}: {} exists already", link.display())));
         }
-        plan.push((p.clone(), link, name));
+        plan.push((target, link, name));
     }
     let mut made = Vec::new();
     for (target, link, name) in plan {
