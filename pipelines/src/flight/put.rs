@@ -172,7 +172,7 @@ pub fn put_scores(
     if stored >= max_dir_bytes {
         return Err(full(stored, None));
     }
-    let tmp = dir.join(format!(".{name}.parquet.tmp"));
+    let tmp = flyt::temp_path(&path);
     let io = |e: &dyn std::fmt::Display| PutError::Io(format!("{}: {e}", tmp.display()));
     let written = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
@@ -261,7 +261,7 @@ pub fn put_shards(batches: &[RecordBatch], dir: &Path, roots: &[PathBuf]) -> Res
     }
     let mut made = Vec::new();
     for (target, link, name) in plan {
-        let tmp = dir.join(format!(".{name}.link.tmp"));
+        let tmp = flyt::temp_path(&link);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).map_err(|e| PutError::Io(format!("{}: {e}", tmp.display())))?;
         std::fs::rename(&tmp, &link).map_err(|e| PutError::Io(format!("{}: {e}", link.display())))?;
