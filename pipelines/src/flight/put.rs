@@ -257,10 +257,10 @@ pub fn put_shards(batches: &[RecordBatch], dir: &Path, roots: &[PathBuf]) -> Res
         if link.symlink_metadata().is_ok() || !names.insert(name.clone()) {
             return Err(PutError::Exists(format!("row {row}: {} exists already", link.display())));
         }
-        plan.push((target, link, name));
+        plan.push((target, link));
     }
     let mut made = Vec::new();
-    for (target, link, name) in plan {
+    for (target, link) in plan {
         let tmp = flyt::temp_path(&link);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).map_err(|e| PutError::Io(format!("{}: {e}", tmp.display())))?;
