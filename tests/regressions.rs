@@ -139,6 +139,17 @@ fn tar_truncation_rejected_the_last_intact_sample() {
     let (keys, _, stats) = read_all(cut);
     assert_eq!(keys, vec!["a", "b"]);
     assert!(stats.reconciles());
+    // Cut after c's image, before its caption: c may have lost members to the cut, so it is rejected.
+    let mut t = Vec::new();
+    sample(&mut t, "a");
+    tar_entry(&mut t, "c.png", PNG_1X1, b'0');
+    let (keys, rejects, stats) = read_all(t);
+    assert_eq!(keys, vec!["a"]);
+    assert_eq!(
+        (rejects[0].key.as_str(), rejects[0].reason, rejects[0].members),
+        ("c", flyt::RejectReason::TruncatedTar, 1)
+    );
+    assert!(stats.reconciles());
     // Cut inside b's caption: b is lost, a is kept.
     let mut t = Vec::new();
     sample(&mut t, "a");

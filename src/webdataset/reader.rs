@@ -182,6 +182,8 @@ pub struct ShardReader {
     seen_keys: HashMap<String, String>,
     seen_uids: HashSet<Uid>,
     groups_finished: u64,
+    /// The member extensions of the last accepted sample (what a whole sample of this shard has).
+    last_accepted: Option<String>,
     stats: ShardStats,
     out: std::collections::VecDeque<Record>,
     finished: bool,
@@ -214,6 +216,7 @@ impl ShardReader {
             seen_keys: HashMap::new(),
             seen_uids: HashSet::new(),
             groups_finished: 0,
+            last_accepted: None,
             stats: ShardStats::default(),
             out: Default::default(),
             finished: false,
@@ -268,9 +271,11 @@ impl ShardReader {
         };
         self.finished = true;
         let extra = u64::from(inside_member);
-        if !inside_member && reason == RejectReason::TruncatedTar {
-            // The stream ends between members: every member of the sample being read arrived whole, so it is
-            // judged as the shard's last sample (kept when complete), and the cut is recorded on its own.
+        let whole = self.current.as_ref().is_some_and(|g| Some(g.ext_signature()) == self.last_accepted);
+        if !inside_member && reason == RejectReason::TruncatedTar && whole {
+            // The stream ends between two samples: the sample being read has every member the shard's samples
+            // have, each arrived whole, so it is kept (judged as the shard's last sample) and the cut is
+            // recorded on its own. A sample with fewer members may have lost the rest to the cut: rejected.
             self.finish_group(true);
             self.reject(String::new(), reason, detail, 0);
             return Ok(());
@@ -384,6 +389,7 @@ impl ShardReader {
         let members = g.member_count();
         match self.judge(g, first || at_end, &sig) {
             Ok(sample) => {
+                self.last_accepted = Some(sig);
                 self.stats.count_accepted(&sample);
                 self.out.push_back(Record::Sample(Box::new(sample)));
             }
