@@ -491,9 +491,14 @@ fn chunked_plain_clip_step_equals_the_unchunked_one() {
     assert!((la - lb).abs() < 1e-12);
     let pa = a.var_store().variables();
     let pb = b.var_store().variables();
+    // The key projections' biases have a true gradient of 0 (softmax is shift-invariant), so what AdamW sees
+    // there is rounding noise g ~ 1e-15 in f64, which it turns into a step of lr·g/(√v + ε): up to 1e-2 · 1e-15 /
+    // 1e-8 = 1e-9, differently for the chunked and the unchunked sums (seen: 1.5e-12 on one CPU). Every other
+    // parameter is held to 1e-12.
     for (name, t) in &pa {
         let d = (t - &pb[name]).abs().max().double_value(&[]);
-        assert!(d < 1e-12, "{name} differs by {d}");
+        let tol = if name.ends_with("k_proj.bias") { 1e-9 } else { 1e-12 };
+        assert!(d < tol, "{name} differs by {d}");
     }
 }
 
