@@ -1,5 +1,8 @@
 //! One test per bug that broke something, named after what broke.
 
+mod common;
+
+use common::RawTar;
 use flyt::Uid;
 use flyt::sampling::{IncrementalScs, Target, scs};
 
@@ -25,28 +28,14 @@ fn incremental_scs_reused_slot_took_a_stale_firing() {
 
 // ---- issue 19: a fault sweep's findings -------------------------------------------------------------------
 
-/// A ustar header with any type flag (the checksum filled in).
 fn tar_header(name: &str, size: u64, typeflag: u8) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = typeflag;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    RawTar::header(name.as_bytes(), size, typeflag)
 }
 
 fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8], typeflag: u8) {
-    out.extend_from_slice(&tar_header(name, data.len() as u64, typeflag));
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut t = RawTar { bytes: std::mem::take(out) };
+    t.raw_entry(name.as_bytes(), typeflag, data);
+    *out = t.bytes;
 }
 
 const PNG_1X1: &[u8] = &[
@@ -87,9 +76,7 @@ fn tar_sparse_multivolume_label_and_unknown_types_lost_alignment() {
     // GNU sparse with isextended set: one extension block follows the header, then the data.
     let mut h = tar_header("big.sparse", 1000, b'S');
     h[482] = 1;
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    RawTar::checksum(&mut h);
     t.extend_from_slice(&h);
     t.extend_from_slice(&[0u8; 512]); // the extension block (its isextended byte 0)
     t.extend_from_slice(&vec![7u8; 1024]); // 1000 bytes of data, padded

@@ -20,22 +20,30 @@ impl RawTar {
         self.entry(name, b'0', data)
     }
     pub fn raw_entry(&mut self, name: &[u8], typeflag: u8, data: &[u8]) {
+        self.bytes.extend_from_slice(&Self::header(name, data.len() as u64, typeflag));
+        self.bytes.extend_from_slice(data);
+        self.bytes.resize(self.bytes.len().div_ceil(512) * 512, 0);
+    }
+    /// A ustar header (name cut at 100 bytes) with any type flag and size, its checksum filled in.
+    pub fn header(name: &[u8], size: u64, typeflag: u8) -> [u8; 512] {
         let mut h = [0u8; 512];
         h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
         h[100..108].copy_from_slice(b"0000644\0");
         h[108..116].copy_from_slice(b"0000000\0");
         h[116..124].copy_from_slice(b"0000000\0");
-        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
         h[136..148].copy_from_slice(b"00000000000\0");
         h[156] = typeflag;
         h[257..263].copy_from_slice(b"ustar\0");
         h[263..265].copy_from_slice(b"00");
+        Self::checksum(&mut h);
+        h
+    }
+    /// Fills in a header's checksum (after a test changed its bytes).
+    pub fn checksum(h: &mut [u8; 512]) {
         h[148..156].copy_from_slice(b"        ");
         let sum: u32 = h.iter().map(|&b| b as u32).sum();
         h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        self.bytes.extend_from_slice(&h);
-        self.bytes.extend_from_slice(data);
-        self.bytes.resize(self.bytes.len().div_ceil(512) * 512, 0);
     }
     pub fn finish(mut self) -> Vec<u8> {
         self.bytes.extend_from_slice(&[0u8; 1024]);
