@@ -288,3 +288,58 @@ fn the_example_config_runs_and_bad_configs_are_refused() {
     assert_eq!(failed["name"], "00000001");
     assert!(failed["error"].as_str().unwrap().contains("00000001.npz"), "{failed}");
 }
+
+/// A restart re-read and re-embedded every shard when `--shards` was spelled another way (`pool`, then
+/// `/abs/.../pool`) although the files were the same: a shard is its file name and its content.
+#[test]
+fn resume_depended_on_how_the_shard_path_was_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    pool(&p.join("pool"), 3, 0, 9);
+    ok(flyt(&["curate", "--shards", "pool", "--out", "out"], p));
+    let want = subset(&p.join("out"));
+    let abs = p.join("pool").canonicalize().unwrap();
+    for spelled in [abs.to_str().unwrap(), "./pool/"] {
+        ok(flyt(&["curate", "--shards", spelled, "--out", "out"], p));
+        let m = manifest(&p.join("out"));
+        let shards = m["shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 3);
+        assert!(shards.iter().all(|s| s["replayed"] == true), "{spelled}: {shards:?}");
+        same(&subset(&p.join("out")), &want, spelled);
+    }
+}
+
+/// `flyt curate --shards /does/not/exist` (or an `s3://` address) exited 0 with an empty subset; it is an
+/// error naming the path.
+#[test]
+fn a_missing_shard_path_exited_0_with_an_empty_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for (path, says) in [("does/not/exist", "No such file or directory"), ("s3://bucket/prefix/", "not supported")] {
+        let o = flyt(&["curate", "--shards", path, "--out", "out"], p);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{path}: exited 0");
+        assert!(err.contains(path) && err.contains(says), "{path}: {err}");
+        assert!(!p.join("out/subset.npy").exists(), "{path}: no subset is published");
+    }
+}
+
+/// Logs written to a file or a pipe carried ANSI colour codes; colour is only for a terminal.
+#[test]
+fn logs_carried_colour_codes_into_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    pool(&p.join("pool"), 2, 0, 10);
+    // Something to warn about: a device under a shard's name is left out of the input.
+    std::os::unix::fs::symlink("/dev/zero", p.join("pool/z.tar")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_flyt"))
+        .args(["curate", "--shards", "pool", "--out", "out"])
+        .env("FLYT_LOG", "warn")
+        .current_dir(p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("WARN") && err.contains("character device"), "the warning is written: {err}");
+    assert!(!err.contains('\u{1b}'), "no escape codes in a pipe: {err}");
+}

@@ -308,10 +308,13 @@ pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities, la
         return Decision::Wait;
     };
     let Some(rec) = record else { return Decision::Run(via, inputs) };
+    // A shard is its file name in the watched directory and its content, however the directory is spelled
+    // (`watch`, `./watch/`, `/abs/watch`): the quick check (size and mtime) holds for the same path, and a
+    // digest decides otherwise.
     let same_inputs = rec.inputs.len() == inputs.len()
         && rec.inputs.iter().zip(&inputs).all(|(a, b)| {
-            a.path == b.path
-                && ((a.size == b.size && a.mtime_ns == b.mtime_ns)
+            a.path.file_name() == b.path.file_name()
+                && ((a.path == b.path && a.size == b.size && a.mtime_ns == b.mtime_ns)
                     || flyt::file_sha256(&b.path).is_ok_and(|d| d == a.sha256))
         });
     let clip_ok = rec.models.get("clip").map(|s| s.as_str()) == Some(models.clip_identity(&via).as_str());
@@ -504,7 +507,11 @@ impl Watcher {
                     // Changed after it was given out: a re-delivery (same bytes: nothing to do) or a replacement.
                     let rec = self.layout.record_of(&name);
                     let same = rec.as_ref().is_some_and(|r| {
-                        r.inputs.iter().all(|f| flyt::file_sha256(&f.path).is_ok_and(|d| d == f.sha256))
+                        r.inputs.len() == inputs.len()
+                            && r.inputs
+                                .iter()
+                                .zip(inputs)
+                                .all(|(f, now)| flyt::file_sha256(&now.path).is_ok_and(|d| d == f.sha256))
                     });
                     let now: Vec<FileId> = inputs.iter().filter_map(|f| FileId::stat(&f.path).ok()).collect();
                     if same {

@@ -225,6 +225,17 @@ impl CurateConfig {
         if self.input.shards.is_empty() {
             return bail("no shards: give --shards DIR (or [input] shards in the config)".into());
         }
+        for p in &self.input.shards {
+            let shown = p.display().to_string();
+            if let Some((scheme, _)) = shown.split_once("://") {
+                return bail(format!(
+                    "--shards {shown}: {scheme}:// paths are not supported (object storage is not implemented yet);                      give a local or mounted directory"
+                ));
+            }
+            if let Err(e) = std::fs::metadata(p) {
+                return bail(format!("--shards {shown}: {e}"));
+            }
+        }
         if self.output.dir.as_os_str().is_empty() {
             return bail("no output directory: give --out DIR (or [output] dir in the config)".into());
         }
