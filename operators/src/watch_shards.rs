@@ -379,8 +379,9 @@ pub struct Watcher {
     given_scores: HashMap<PathBuf, FileId>,
     /// Shard jobs given out whose outcome is not checked yet: time → name.
     unchecked: BTreeMap<u64, String>,
-    /// Shards whose job failed: when to try again, and how many tries so far (only while following).
-    retry: HashMap<String, (Instant, u32)>,
+    /// Shards whose job failed (only while following): when to try again (`None` once given out again, until
+    /// its outcome is known), and how many tries failed so far.
+    retry: HashMap<String, (Option<Instant>, u32)>,
     /// Paths under shard names that are not regular files, and why (each warned about once).
     refused: BTreeMap<PathBuf, String>,
     /// Names an earlier run committed that the first scan gave out again (replays and re-reads).
@@ -427,10 +428,11 @@ impl Watcher {
             if committed {
                 self.retry.remove(&name);
             } else if self.retry_failed && !flyt::stop_requested() {
+                // (A shard interrupted by a stop is not tried again: the run is ending.)
                 let tries = self.retry.get(&name).map(|r| r.1).unwrap_or(0) + 1;
-                let pause = Duration::from_secs(1u64 << tries.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+                let pause = Duration::from_secs(1u64 << (tries - 1).min(9)).min(Duration::from_secs(300));
                 tracing::warn!(shard = %name, tries, pause_s = pause.as_secs(), "the shard failed; it will be tried again");
-                self.retry.insert(name, (Instant::now() + pause, tries));
+                self.retry.insert(name, (Some(Instant::now() + pause), tries));
             }
         }
     }
@@ -451,12 +453,10 @@ impl Watcher {
         self.check_outcomes(committed_before);
         // Failed shards whose pause is over are given out as if new.
         let now = Instant::now();
-        let due: Vec<String> =
-            self.retry.iter().filter(|(_, (when, _))| *when <= now).map(|(n, _)| n.clone()).collect();
-        for name in due {
-            self.given.remove(&name);
-            if let Some(r) = self.retry.get_mut(&name) {
-                r.0 = now + Duration::from_secs(365 * 24 * 3600); // until its outcome is known again
+        for (name, (when, _)) in self.retry.iter_mut() {
+            if when.is_some_and(|w| w <= now) {
+                *when = None;
+                self.given.remove(name);
             }
         }
         // Shards whose files are all gone leave the pool (once their job is done).
@@ -681,7 +681,7 @@ impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
                 first = false;
                 c.downgrade(&next);
                 let idle = idle_exit.is_some_and(|d| last_new.elapsed() >= d && done_before.get() >= next);
-                if !follow || stop.load(Ordering::Relaxed) || flyt::stop_requested() || idle {
+                if !follow || stop.load(Ordering::Relaxed) || idle {
                     cap = None;
                 } else {
                     activator.activate_after(poll);
