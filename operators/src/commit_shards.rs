@@ -96,6 +96,15 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
         stats = earlier.stats;
         rejects = layout.read_rejects(&name);
     }
+    let digested: Vec<FileId> =
+        inputs.iter().map(|f| FileId::digest(&f.path)).collect::<flyt::Result<_>>().map_err(|e| fail(e.to_string()))?;
+    // The files must be the ones the source saw before they were read (a writer may replace a sidecar pair one
+    // file at a time): otherwise this read mixed versions; the source sees the change and gives it out again.
+    if let Some(f) = inputs.iter().zip(&digested).find(|(a, b)| a.size != b.size || a.mtime_ns != b.mtime_ns) {
+        return Err(fail(format!("{} changed while the shard was read; it will be read again", f.0.path.display())));
+    }
+    // (Checked before anything is written: a read of a changing file must not overwrite the score table of an
+    // earlier commit of this shard, whose rows a replacement retracts.)
     let cols: Vec<(&str, &[f32])> =
         o.columns.iter().map(|c| c.as_str()).zip(columns.iter().map(|v| v.as_slice())).collect();
     // The content digests go into the score table (for exact dedup on replay); captions and sizes do not.
@@ -122,13 +131,6 @@ fn commit(o: &CommitOptions, s: AssembledShard) -> Result<(ShardScores, ShardSum
         embeddings = Some((pq, npz));
     } else if let Via::Sidecar { parquet, npz, stored: true } = &via {
         embeddings = Some((parquet.clone(), npz.clone()));
-    }
-    let digested: Vec<FileId> =
-        inputs.iter().map(|f| FileId::digest(&f.path)).collect::<flyt::Result<_>>().map_err(|e| fail(e.to_string()))?;
-    // The files must be the ones the source saw before they were read (a writer may replace a sidecar pair one
-    // file at a time): otherwise this read mixed versions; the source sees the change and gives it out again.
-    if let Some(f) = inputs.iter().zip(&digested).find(|(a, b)| a.size != b.size || a.mtime_ns != b.mtime_ns) {
-        return Err(fail(format!("{} changed while the shard was read; it will be read again", f.0.path.display())));
     }
     let via_name = match &via {
         Via::Model { .. } => "model",

@@ -72,6 +72,6 @@ pub use sem_dedup::{SemDedup, SemDedupCounters, SemDedupOptions};
 pub use soft_cap_sample::{ScsCounters, SoftCapSample};
 pub use timely;
 pub use watch_shards::{
-    Arrival, Decision, EmbeddingSource, Identities, Job, Unit, Via, WatchOptions, WatchShards, Watcher, decide,
-    list_score_files, list_units,
+    Arrival, Decision, EmbeddingSource, Identities, Job, Unit, Via, Waiting, WatchOptions, WatchShards, Watcher,
+    arrival_rule, decide, dir_shows_marker_layout, list_score_files, list_units, shows_marker_layout,
 };

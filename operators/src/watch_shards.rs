@@ -23,6 +23,10 @@ use crate::{Counters, PoolRow, pool_rows};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
+    /// `marker` in a directory that shows img2dataset's layout (its `_tmp/` folder while it runs, or any
+    /// `*_stats.json`), `rename` elsewhere. img2dataset writes each `NNNNN.tar` under its final name and marks
+    /// it complete with `NNNNN_stats.json`; a directory that shows the layout once keeps it for the run.
+    Auto,
     /// As soon as it is visible under its final name: writers write to a temporary name (a leading `.`, or
     /// `.tmp` / `.part` / `.incomplete` at the end) and rename it into place.
     Rename,
@@ -60,7 +64,7 @@ macro_rules! names {
         }
     };
 }
-names!(Arrival, "arrival", Rename = "rename", Marker = "marker");
+names!(Arrival, "arrival", Auto = "auto", Rename = "rename", Marker = "marker");
 names!(EmbeddingSource, "embeddings", Auto = "auto", Sidecar = "sidecar", Model = "model");
 
 /// How a shard's embeddings are obtained.
@@ -145,6 +149,16 @@ pub struct Unit {
     pub npz: Option<PathBuf>,
     /// A completion marker (`<stem>_stats.json`, `<stem>.done`, `<tar>.done`).
     pub marker: bool,
+    /// Its directory shows a writer that marks completion (img2dataset's `_tmp/` or any `*_stats.json`):
+    /// under `--arrival auto` it waits for its marker.
+    pub marked_dir: bool,
+}
+
+/// Whether a directory listing shows img2dataset's layout: its `_tmp/` folder (made before the first shard is
+/// opened, removed at the end) or a `*_stats.json` completion marker. Because `_tmp/` exists before any tar,
+/// a listing that shows a tar of a running img2dataset also shows `_tmp/` or the markers.
+pub fn shows_marker_layout(names: &[String]) -> bool {
+    names.iter().any(|n| n == "_tmp" || (n.ends_with("_stats.json") && !is_temporary(n)))
 }
 
 fn is_temporary(name: &str) -> bool {
@@ -155,25 +169,65 @@ fn tar_stem(name: &str) -> Option<&str> {
     [".tar.gz", ".tgz", ".tar"].iter().find_map(|s| name.strip_suffix(s))
 }
 
+/// When a shard in a directory counts as arrived under `arrival`, given whether the directory shows
+/// img2dataset's layout, in words.
+pub fn arrival_rule(arrival: Arrival, marked: bool) -> &'static str {
+    match (arrival, marked) {
+        (Arrival::Marker, _) => "--arrival marker: a shard is read once its <name>_stats.json or <name>.done exists",
+        (Arrival::Rename, _) => {
+            "--arrival rename: a shard is read as soon as it is visible under its final name (writers must rename it into place)"
+        }
+        (Arrival::Auto, true) => {
+            "--arrival auto: img2dataset's layout (_tmp/ or *_stats.json): a shard is read once its <name>_stats.json exists"
+        }
+        (Arrival::Auto, false) => {
+            "--arrival auto: no completion markers (yet): a shard is read as soon as it is visible under its final name, until img2dataset's _tmp/ or a *_stats.json appears (a writer that writes in place without them needs --arrival marker)"
+        }
+    }
+}
+
+/// Whether the directory `dir` shows img2dataset's layout now ([`shows_marker_layout`]).
+pub fn dir_shows_marker_layout(dir: &Path) -> bool {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    shows_marker_layout(&names)
+}
+
 /// Groups a directory listing (or explicit files) into units by name. Only regular files (a symlink counts by
 /// what it points at) take part: a FIFO, a device, a socket or a directory under a shard's name is left out
 /// (checked by `stat`, never by opening it, so a FIFO cannot block the listing) and recorded in `refused` with
 /// the reason.
+/// `marked` holds the directories that show img2dataset's layout ([`shows_marker_layout`]); directories found
+/// to show it are added (a directory keeps the layout once shown), and units in them get `marked_dir`.
 pub fn list_units(
     dirs: &[PathBuf],
     files: &[PathBuf],
     refused: &mut BTreeMap<PathBuf, String>,
+    marked: &mut std::collections::BTreeSet<PathBuf>,
 ) -> BTreeMap<String, Unit> {
     let mut units: BTreeMap<String, Unit> = BTreeMap::new();
-    let mut paths: Vec<(PathBuf, bool)> = files.iter().map(|f| (f.clone(), false)).collect();
+    let mut paths: Vec<(PathBuf, bool, bool)> = files.iter().map(|f| (f.clone(), false, false)).collect();
     for d in dirs {
         match std::fs::read_dir(d) {
-            // The listing's file type spares a stat for plain files; links are followed below.
-            Ok(rd) => paths.extend(rd.flatten().map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file())))),
+            Ok(rd) => {
+                // The listing's file type spares a stat for plain files; links are followed below.
+                let entries: Vec<(PathBuf, bool)> =
+                    rd.flatten().map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file()))).collect();
+                let names: Vec<String> = entries
+                    .iter()
+                    .filter_map(|(p, _)| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                if shows_marker_layout(&names) {
+                    marked.insert(d.clone());
+                }
+                let m = marked.contains(d);
+                paths.extend(entries.into_iter().map(|(p, plain)| (p, plain, m)));
+            }
             Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot list the shard directory"),
         }
     }
-    for (p, plain) in paths {
+    for (p, plain, in_marked) in paths {
         let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
         if is_temporary(&name) {
             continue;
@@ -201,6 +255,7 @@ pub fn list_units(
             continue;
         };
         let u = units.entry(stem.clone()).or_insert_with(|| Unit { name: stem, ..Default::default() });
+        u.marked_dir |= in_marked;
         match slot {
             0 => u.tar = Some(p),
             1 => u.parquet = Some(p),
@@ -258,11 +313,46 @@ impl Identities {
     }
 }
 
+/// What a shard that has not arrived waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Waiting {
+    /// Its completion marker (`<name>_stats.json` or `<name>.done`).
+    Marker,
+    /// Its DataComp sidecars (`<name>.parquet` and `<name>.npz`) under `--embeddings sidecar`.
+    Sidecars,
+    /// Its tar (`--embeddings model`, or sidecar files without their pair).
+    Tar,
+    /// Its files could not be looked at (gone between the listing and the look).
+    Files,
+}
+
+impl Waiting {
+    /// Its name in the manifest's `waiting` (`marker`, `sidecars`, `tar`, `files`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Waiting::Marker => "marker",
+            Waiting::Sidecars => "sidecars",
+            Waiting::Tar => "tar",
+            Waiting::Files => "files",
+        }
+    }
+
+    /// What the shard waits for, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Waiting::Marker => "a completion marker (<name>_stats.json or <name>.done)",
+            Waiting::Sidecars => "sidecars (<name>.parquet and <name>.npz; --embeddings sidecar)",
+            Waiting::Tar => "its tar (sidecar files without their pair, or --embeddings model)",
+            Waiting::Files => "its files to be readable",
+        }
+    }
+}
+
 /// What to do with a unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Not arrived yet.
-    Wait,
+    /// Not arrived yet, and what it waits for.
+    Wait(Waiting),
     /// Its committed rows hold: replay them.
     Replay,
     /// Read it (fresh, or re-score from stored embeddings).
@@ -288,16 +378,21 @@ pub fn verify_score_table(layout: &Layout, rec: &ShardRecord) -> Result<(), Stri
 /// Decides what to do with a unit given its commit record, if any.
 pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities, layout: &Layout) -> Decision {
     let sidecars = unit.parquet.clone().zip(unit.npz.clone());
-    if models.arrival == Arrival::Marker && !unit.marker {
-        return Decision::Wait;
+    let needs_marker = match models.arrival {
+        Arrival::Marker => true,
+        Arrival::Rename => false,
+        Arrival::Auto => unit.marked_dir,
+    };
+    if needs_marker && !unit.marker {
+        return Decision::Wait(Waiting::Marker);
     }
     let via = match (models.embeddings, &unit.tar, &sidecars) {
         (EmbeddingSource::Model, Some(tar), _) => Via::Model { tar: tar.clone() },
-        (EmbeddingSource::Model, None, _) => return Decision::Wait,
+        (EmbeddingSource::Model, None, _) => return Decision::Wait(Waiting::Tar),
         (_, _, Some((parquet, npz))) => Via::Sidecar { parquet: parquet.clone(), npz: npz.clone(), stored: false },
-        (EmbeddingSource::Sidecar, _, None) => return Decision::Wait,
+        (EmbeddingSource::Sidecar, _, None) => return Decision::Wait(Waiting::Sidecars),
         (EmbeddingSource::Auto, Some(tar), None) => Via::Model { tar: tar.clone() },
-        (EmbeddingSource::Auto, None, None) => return Decision::Wait,
+        (EmbeddingSource::Auto, None, None) => return Decision::Wait(Waiting::Tar),
     };
     let files: Vec<PathBuf> = match &via {
         Via::Model { tar } => vec![tar.clone()],
@@ -305,7 +400,7 @@ pub fn decide(unit: &Unit, record: Option<&ShardRecord>, models: &Identities, la
         Via::Metadata { parquet } => vec![parquet.clone()],
     };
     let Ok(inputs) = files.iter().map(|f| FileId::stat(f)).collect::<std::io::Result<Vec<_>>>() else {
-        return Decision::Wait;
+        return Decision::Wait(Waiting::Files);
     };
     let Some(rec) = record else { return Decision::Run(via, inputs) };
     // A shard is its file name in the watched directory and its content, however the directory is spelled
@@ -384,6 +479,13 @@ pub struct Watcher {
     retry: HashMap<String, (Option<Instant>, u32)>,
     /// Paths under shard names that are not regular files, and why (each warned about once).
     refused: BTreeMap<PathBuf, String>,
+    /// The shards the last scan found that have not arrived, by what they wait for.
+    pub waiting: BTreeMap<Waiting, Vec<String>>,
+    /// Watched directories that show img2dataset's layout (kept once shown).
+    marked: std::collections::BTreeSet<PathBuf>,
+    /// Whether each directory's arrival rule was told (at the first scan, and when a directory gains the
+    /// layout later).
+    told: BTreeMap<PathBuf, bool>,
     /// Names an earlier run committed that the first scan gave out again (replays and re-reads).
     pub restoring: std::collections::HashSet<String>,
     /// Whether failed shards are tried again (a following run).
@@ -405,6 +507,9 @@ impl Watcher {
             unchecked: BTreeMap::new(),
             retry: HashMap::new(),
             refused: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            marked: Default::default(),
+            told: BTreeMap::new(),
             restoring: Default::default(),
             retry_failed: false,
         }
@@ -443,7 +548,8 @@ impl Watcher {
         let mut jobs = Vec::new();
         let records = if first { self.layout.records() } else { BTreeMap::new() };
         let mut refused = BTreeMap::new();
-        let units = list_units(&self.dirs, &self.files, &mut refused);
+        let units = list_units(&self.dirs, &self.files, &mut refused, &mut self.marked);
+        self.tell_arrival(&units);
         for (p, why) in &refused {
             if !self.refused.contains_key(p) {
                 tracing::warn!(%why, "left out of the input: only regular files are shards");
@@ -477,12 +583,13 @@ impl Watcher {
                 }
             }
         }
+        let mut waiting: BTreeMap<Waiting, Vec<String>> = BTreeMap::new();
         for (name, unit) in units {
             match self.given.get(&name) {
                 None => {
                     let rec = if first { records.get(&name).cloned() } else { self.layout.record_of(&name) };
                     match decide(&unit, rec.as_ref(), &self.models, &self.layout) {
-                        Decision::Wait => {}
+                        Decision::Wait(why) => waiting.entry(why).or_default().push(name),
                         Decision::Replay => {
                             let inputs = rec.map(|r| r.inputs).unwrap_or_default();
                             self.given.insert(name.clone(), (inputs, 0));
@@ -540,6 +647,7 @@ impl Watcher {
                 }
             }
         }
+        self.waiting = waiting;
         if let Some(dir) = &self.scores {
             for path in list_score_files(dir) {
                 match (self.given_scores.get(&path), FileId::stat(&path)) {
@@ -556,6 +664,28 @@ impl Watcher {
             }
         }
         jobs
+    }
+
+    /// Says, per watched directory, when its shards count as arrived: at the first scan (in the log), and
+    /// again when a directory shows img2dataset's layout later under `--arrival auto` (a warning when shards
+    /// were already read there without markers).
+    fn tell_arrival(&mut self, units: &BTreeMap<String, Unit>) {
+        for d in &self.dirs {
+            let marked = self.marked.contains(d);
+            if self.told.get(d) == Some(&marked) {
+                continue;
+            }
+            let first = !self.told.contains_key(d);
+            self.told.insert(d.clone(), marked);
+            tracing::info!(dir = %d.display(), "{}", arrival_rule(self.models.arrival, marked));
+            if !first && marked {
+                let taken =
+                    units.values().filter(|u| u.marked_dir && !u.marker && self.given.contains_key(&u.name)).count();
+                if taken > 0 {
+                    tracing::warn!(dir = %d.display(), shards = taken, "the directory now shows img2dataset's layout, but shards were read there before their markers; each is read again if it changes");
+                }
+            }
+        }
     }
 
     /// Records the time a job was given at (after [`Watcher::scan`]).
@@ -646,6 +776,9 @@ impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 let jobs = watcher.scan(first, done_before.get());
+                if let Ok(mut w) = counters.waiting.lock() {
+                    w.clone_from(&watcher.waiting);
+                }
                 if !jobs.is_empty() {
                     last_new = Instant::now();
                 }
@@ -688,5 +821,57 @@ impl<'scope> WatchShards<'scope> for Scope<'scope, u64> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(arrival: Arrival) -> Identities {
+        Identities {
+            embeddings: EmbeddingSource::Auto,
+            arrival,
+            clip: Some("clip:x".into()),
+            prefix: None,
+            columns: vec!["clip_score".into()],
+            methods: Default::default(),
+            content: false,
+        }
+    }
+
+    /// Under the old default (`rename`) a tar img2dataset was still writing in place was read half. Under
+    /// `auto`, a directory with img2dataset's `_tmp/` (or any `_stats.json`) makes its shards wait for their
+    /// markers, and keeps doing so after `_tmp/` is gone; elsewhere a shard is read as soon as it is there.
+    #[test]
+    fn auto_arrival_waited_for_nothing_in_img2datasets_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("watch");
+        std::fs::create_dir_all(watch.join("_tmp")).unwrap();
+        std::fs::write(watch.join("00000.tar"), b"").unwrap();
+        let out = Layout::new(d.path().join("out"));
+        let mut marked = std::collections::BTreeSet::new();
+        let list = |marked: &mut std::collections::BTreeSet<PathBuf>| {
+            list_units(std::slice::from_ref(&watch), &[], &mut BTreeMap::new(), marked)
+        };
+        let units = list(&mut marked);
+        let u = &units["00000"];
+        assert!(u.marked_dir && !u.marker);
+        assert_eq!(decide(u, None, &ids(Arrival::Auto), &out), Decision::Wait(Waiting::Marker));
+        assert!(matches!(decide(u, None, &ids(Arrival::Rename), &out), Decision::Run(..)));
+        std::fs::write(watch.join("00000_stats.json"), b"{}").unwrap();
+        std::fs::remove_dir(watch.join("_tmp")).unwrap();
+        std::fs::write(watch.join("00001.tar"), b"").unwrap();
+        let units = list(&mut marked);
+        assert!(matches!(decide(&units["00000"], None, &ids(Arrival::Auto), &out), Decision::Run(..)));
+        assert_eq!(decide(&units["00001"], None, &ids(Arrival::Auto), &out), Decision::Wait(Waiting::Marker));
+        // A directory without the layout: read on sight; explicit `marker` waits anyway.
+        let plain = d.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::write(plain.join("a.tar"), b"").unwrap();
+        let units = list_units(std::slice::from_ref(&plain), &[], &mut BTreeMap::new(), &mut Default::default());
+        assert!(matches!(decide(&units["a"], None, &ids(Arrival::Auto), &out), Decision::Run(..)));
+        assert_eq!(decide(&units["a"], None, &ids(Arrival::Marker), &out), Decision::Wait(Waiting::Marker));
+        assert_eq!("auto".parse::<Arrival>().unwrap(), Arrival::Auto);
     }
 }

@@ -35,7 +35,7 @@ impl Default for Input {
     fn default() -> Self {
         Input {
             shards: Vec::new(),
-            arrival: Arrival::Rename,
+            arrival: Arrival::Auto,
             embeddings: EmbeddingSource::Auto,
             prefix: None,
             scores: None,
