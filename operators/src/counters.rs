@@ -26,10 +26,19 @@ pub struct Counters {
     pub failed_now: AtomicU64,
     /// Shards left unread because a stop was requested (the manifest's `interrupted` list).
     pub interrupted: AtomicU64,
+    /// The shards the source's last scan found not arrived, by what they wait for.
+    pub waiting: Mutex<BTreeMap<crate::Waiting, Vec<String>>>,
     /// Why the last publication of the subset failed (`None` after a successful one).
     pub publish_error: Mutex<Option<String>>,
     /// Rows (accepted samples) committed in this run.
     pub rows: AtomicU64,
+    /// Shards in the pool now, as the manifest lists them (committed or replayed, less those replaced or
+    /// deleted).
+    pub pool_shards: AtomicU64,
+    /// Rows of those shards, as the manifest's `pool.rows`.
+    pub pool_rows: AtomicU64,
+    /// Microseconds during which some shard job was given out and not done (the time the rate is over).
+    pub busy_micros: AtomicU64,
     /// Rejects by reason, over shards committed in this run.
     pub rejects: Mutex<BTreeMap<String, u64>>,
     /// Embedding batches.
@@ -60,8 +69,12 @@ impl Default for Counters {
             failed: AtomicU64::new(0),
             failed_now: AtomicU64::new(0),
             interrupted: AtomicU64::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
             publish_error: Mutex::new(None),
             rows: AtomicU64::new(0),
+            pool_shards: AtomicU64::new(0),
+            pool_rows: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
             rejects: Mutex::new(BTreeMap::new()),
             embed: Default::default(),
             scs: Default::default(),
@@ -76,9 +89,29 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// One status line.
+    /// Shard jobs given out and not done yet.
+    pub fn pending(&self) -> u64 {
+        let (given, done, failures) = (
+            self.given.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        given.saturating_sub(done + failures)
+    }
+
+    /// Adds `dt` to the busy time if some shard job is pending (called by the display every tick).
+    pub fn tick(&self, dt: std::time::Duration) {
+        if self.pending() > 0 {
+            self.busy_micros.fetch_add(dt.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// One status line. Its shard and sample counts are the manifest's (the pool now: shards committed or
+    /// replayed, less those replaced or deleted); the rate is samples read in this run over the time some
+    /// shard was in work, so a following run's idle waits do not dilute it.
     pub fn line(&self) -> String {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let busy = self.busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let secs = if busy > 0.0 { busy } else { self.started.elapsed().as_secs_f64().max(1e-9) };
         let (given, done, failures, failed) = (
             self.given.load(Ordering::Relaxed),
             self.done.load(Ordering::Relaxed),
@@ -94,8 +127,12 @@ impl Counters {
             v.sort_by(|a, b| b.1.cmp(a.1));
             v.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect()
         };
+        let replayed = self.replayed.load(Ordering::Relaxed);
+        let (pool_shards, pool_rows) =
+            (self.pool_shards.load(Ordering::Relaxed), self.pool_rows.load(Ordering::Relaxed));
         let mut s = format!(
-            "shards {done} done, {} pending{}{} · {rows} samples ({:.0}/s) · rejects {total}",
+            "shards {pool_shards} in the pool{}, {} pending{}{} · {pool_rows} samples · read {rows} ({:.0}/s busy) · rejects {total}",
+            if replayed > 0 { format!(" ({replayed} replayed)") } else { String::new() },
             given.saturating_sub(done + failures),
             if failed > 0 { format!(", {failed} failed") } else { String::new() },
             if interrupted > 0 { format!(", {interrupted} interrupted") } else { String::new() },
@@ -103,6 +140,10 @@ impl Counters {
         );
         if !top.is_empty() {
             s.push_str(&format!(" ({})", top.join(", ")));
+        }
+        let waiting = self.waiting.lock().map(|w| w.clone()).unwrap_or_default();
+        for (why, names) in &waiting {
+            s.push_str(&format!(" · {} wait for {}", names.len(), why.key()));
         }
         let cap = self.embed.capacity.load(Ordering::Relaxed);
         if cap > 0 {
@@ -130,5 +171,28 @@ impl Counters {
             ("scs", s(&self.scs.micros)),
             ("publish", s(&self.publish_micros)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The rate was samples over the whole run, so a following run that waited an hour for shards showed a
+    /// rate near 0. It is samples over the time some shard was in work; the counts are the pool's.
+    #[test]
+    fn the_rate_counted_idle_time() {
+        let c = Counters::default();
+        c.given.store(1, Ordering::Relaxed);
+        c.tick(Duration::from_secs(2)); // a shard in work
+        c.rows.store(100, Ordering::Relaxed);
+        c.done.store(1, Ordering::Relaxed);
+        c.tick(Duration::from_secs(3600)); // idle: nothing pending
+        c.pool_shards.store(1, Ordering::Relaxed);
+        c.pool_rows.store(100, Ordering::Relaxed);
+        let line = c.line();
+        assert!(line.contains("read 100 (50/s busy)"), "{line}");
+        assert!(line.starts_with("shards 1 in the pool, 0 pending · 100 samples"), "{line}");
     }
 }

@@ -101,6 +101,8 @@ pub struct PublishOptions {
 struct State {
     counts: HashMap<Uid, i64>,
     shards: BTreeMap<String, ShardSummary>,
+    /// The rows of `shards`.
+    rows: u64,
     failed: BTreeMap<String, String>,
     interrupted: BTreeMap<String, String>,
     external: BTreeMap<PathBuf, (u64, Vec<String>, Option<String>)>,
@@ -233,10 +235,17 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
                     }
                 }
             }
-            state.shards.insert(s.name.clone(), *s);
+            state.rows += s.rows;
+            if let Some(old) = state.shards.insert(s.name.clone(), *s) {
+                state.rows -= old.rows;
+            }
+            tally(state, progress);
         }
         SinkEvent::Retracted { name } => {
-            state.shards.remove(&name);
+            if let Some(old) = state.shards.remove(&name) {
+                state.rows -= old.rows;
+            }
+            tally(state, progress);
         }
         SinkEvent::Failed { name, error } => {
             progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +261,22 @@ fn apply(state: &mut State, e: SinkEvent, progress: &Counters) {
             state.external.insert(file, (values, columns, error));
         }
     }
+}
+
+/// The shards found but not arrived, by what they wait for (`{"marker": [names], "sidecars": [...]}`).
+fn waiting(counters: &Counters) -> serde_json::Value {
+    let w = counters.waiting.lock().map(|w| w.clone()).unwrap_or_default();
+    let mut m = serde_json::Map::new();
+    for (why, names) in w {
+        m.insert(why.key().into(), json!(names));
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Keeps the status line's pool counts equal to what the manifest will list.
+fn tally(state: &State, progress: &Counters) {
+    progress.pool_shards.store(state.shards.len() as u64, Ordering::Relaxed);
+    progress.pool_rows.store(state.rows, Ordering::Relaxed);
 }
 
 fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Result<()> {
@@ -312,6 +337,7 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
         })).collect::<Vec<_>>(),
         "failed": state.failed.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
         "interrupted": state.interrupted.keys().collect::<Vec<_>>(),
+        "waiting": waiting(&ctx.counters),
         "external_scores": state.external.iter().map(|(f, (n, c, e))| json!({
             "file": f, "values": n, "columns": c, "error": e,
         })).collect::<Vec<_>>(),

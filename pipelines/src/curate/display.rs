@@ -20,8 +20,11 @@ pub(super) fn spawn(counters: Arc<Counters>) -> std::thread::JoinHandle<()> {
             b
         });
         let mut last_log = Instant::now();
+        let mut last_tick = Instant::now();
         while !counters.finished.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
+            counters.tick(last_tick.elapsed());
+            last_tick = Instant::now();
             if let Some(b) = &bar {
                 b.set_message(counters.line());
                 b.tick();
