@@ -35,6 +35,7 @@ pub mod rng;
 mod sample;
 pub mod sampling;
 pub mod synth;
+mod tensor_file;
 mod torch_runtime;
 pub mod train;
 mod uid;
@@ -56,9 +57,11 @@ pub use fsio::{check_regular, interrupted, is_interruption, open_regular, reques
 pub use image_info::{ImageInfo, sniff_image};
 pub use ingest::Ingest;
 pub use sample::{ImageFormat, Member, RejectReason, Rejected, Sample, ShardStats, UidSource};
+pub use tensor_file::{DeclaredTensor, check_safetensors, safetensors_header, torch_message};
 pub use torch_runtime::{TorchReport, init_torch_runtime, torch_report};
 pub use uid::{Uid, UidError};
 pub use webdataset::{
-    ReaderConfig, Record, ReshardReport, SampleBuilder, ShardReader, ShardWriter, WriterSummary, WrittenShard, reshard,
-    shard_name, split_member_name, temp_path, write_atomic,
+    ReaderConfig, Record, ReshardReport, SampleBuilder, ShardReader, ShardWriter, StampReport, StampedShard,
+    WriterSummary, WrittenShard, reshard, shard_name, split_member_name, stamp_uids, stamped_json, temp_path, uid_text,
+    write_atomic,
 };

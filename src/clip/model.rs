@@ -181,7 +181,12 @@ impl Clip {
                 "missing: flyt loads CLIP weights in safetensors format",
             ));
         }
-        vs.load(&weights).map_err(|e| Error::format(&weights, "weights", e.to_string()))?;
+        // Shapes and dtypes are checked from the file's header first, so a wrong file is one line naming the
+        // tensor rather than libtorch's message and backtrace.
+        let mut want: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        want.sort();
+        crate::check_safetensors(&weights, &want)?;
+        vs.load(&weights).map_err(|e| Error::format(&weights, "weights", crate::torch_message(&e)))?;
         vs.set_kind(Kind::Float);
         Ok((vs, model))
     }

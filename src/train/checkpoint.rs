@@ -14,7 +14,7 @@ fn sidecar(path: &Path) -> PathBuf {
 }
 
 fn tch_err(path: &Path, e: tch::TchError) -> Error {
-    Error::format(path, "safetensors", e.to_string())
+    Error::format(path, "safetensors", crate::torch_message(&e))
 }
 
 /// Saves the model and the run state to `path` (`.safetensors`) and `path` with `.json` (counters plus
@@ -78,6 +78,7 @@ pub fn load_checkpoint<R: ReferenceState>(
     let counter = |k: &str| {
         json.get(k).and_then(|v| v.as_i64()).ok_or_else(|| Error::format(&side, k, "missing or not an integer"))
     };
+    crate::safetensors_header(path)?; // a cut or foreign file: one line, before libtorch reads it
     let tensors: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
     let get = |k: &str, like: &Tensor| -> Result<Tensor> {
@@ -139,6 +140,13 @@ pub fn load_model(path: &Path, model: &(impl ScoringModel + ?Sized)) -> Result<s
     let text = std::fs::read_to_string(&side).map_err(|e| Error::io(&side, e))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(&side, "json", e.to_string()))?;
+    let want: Vec<(String, Vec<i64>)> = model
+        .named_parameters()
+        .into_iter()
+        .chain(model.named_buffers())
+        .map(|(n, t)| (format!("model.{n}"), t.size()))
+        .collect();
+    crate::check_safetensors(path, &want)?;
     let tensors: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
     let _g = tch::no_grad_guard();

@@ -327,8 +327,9 @@ impl BatchPlan {
     /// A plan whose step `n`'s arrays are named `prefix(n)` + `upstream`, `task{k}.rows`, `task{k}.templates`
     /// (read until a step is missing; a trace file has one step, named `batch.`).
     fn read_prefixed(path: &std::path::Path, prefix: impl Fn(usize) -> String) -> Result<Self> {
+        crate::safetensors_header(path)?;
         let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(|e| Error::format(path, "safetensors", e.to_string()))?
+            .map_err(|e| Error::format(path, "safetensors", crate::torch_message(&e)))?
             .into_iter()
             .collect();
         let ints = |name: &str| -> Result<Option<Vec<i64>>> {

@@ -46,6 +46,7 @@ pub struct ShardWriter {
     current: Option<(TarWriter<BufWriter<File>>, PathBuf, PathBuf, u64)>,
     shards: Vec<WrittenShard>,
     next_index: u64,
+    stats_files: bool,
 }
 
 impl ShardWriter {
@@ -56,7 +57,14 @@ impl ShardWriter {
         }
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(ShardWriter { dir, shard_size, current: None, shards: Vec::new(), next_index: 0 })
+        Ok(ShardWriter { dir, shard_size, current: None, shards: Vec::new(), next_index: 0, stats_files: false })
+    }
+
+    /// Also writes, after each shard is renamed into place, its `{:08d}_stats.json` = `{"successes": N}` as
+    /// DataComp's resharder does (the completion marker `--arrival marker` and DataComp's tools read).
+    pub fn with_stats_files(mut self) -> Self {
+        self.stats_files = true;
+        self
     }
 
     /// Writes a sample under its own key.
@@ -66,15 +74,25 @@ impl ShardWriter {
 
     /// Writes members under `key` (`<key>.<ext>` each) as one sample.
     pub fn write_members(&mut self, key: &str, members: &[Member]) -> Result<()> {
-        self.append(key, members, true)
+        self.append(key, members.iter().map(|m| (m.ext.as_str(), m.data.as_slice())), true)
+    }
+
+    /// Writes `(ext, bytes)` members under `key` as one sample.
+    pub fn write_parts<'a>(&mut self, key: &str, parts: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<()> {
+        self.append(key, parts, true)
     }
 
     /// Appends members to the current shard without counting a sample (fault injection in generators).
     pub(crate) fn write_uncounted(&mut self, key: &str, members: &[Member]) -> Result<()> {
-        self.append(key, members, false)
+        self.append(key, members.iter().map(|m| (m.ext.as_str(), m.data.as_slice())), false)
     }
 
-    fn append(&mut self, key: &str, members: &[Member], counted: bool) -> Result<()> {
+    fn append<'a>(
+        &mut self,
+        key: &str,
+        parts: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        counted: bool,
+    ) -> Result<()> {
         if self.current.is_none() {
             let name = format!("{:08}.tar", self.next_index);
             let tmp = temp_path(&self.dir.join(&name));
@@ -83,8 +101,8 @@ impl ShardWriter {
             self.next_index += 1;
         }
         let (w, tmp, _, count) = self.current.as_mut().expect("opened above");
-        for m in members {
-            w.append(&format!("{key}.{}", m.ext), &m.data).map_err(|e| Error::io(tmp.clone(), e))?;
+        for (ext, data) in parts {
+            w.append(&format!("{key}.{ext}"), data).map_err(|e| Error::io(tmp.clone(), e))?;
         }
         if counted {
             *count += 1;
@@ -103,6 +121,13 @@ impl ShardWriter {
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if self.stats_files {
+            let stem = name.strip_suffix(".tar").unwrap_or(&name);
+            write_atomic(
+                &self.dir.join(format!("{stem}_stats.json")),
+                format!("{{\"successes\": {count}}}").as_bytes(),
+            )?;
+        }
         self.shards.push(WrittenShard { name, samples: count, bytes });
         Ok(())
     }
