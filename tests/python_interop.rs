@@ -387,3 +387,112 @@ for i in range(n): print(int(keep[i]), repr(float(M[i])))
     assert!(removed > 50, "the planted near-duplicates are found ({removed} removed)");
     assert!(near < 3, "{near} rows sit on the threshold");
 }
+
+/// `flyt reshard` copied `.json` as it was, so a sample whose uid was derived (no `.json`, or none in it) got
+/// a new uid when the output was read again, and DataComp's tools found no uid. Now every written copy's
+/// `.json` carries the uid (added after the opening brace, every other byte kept), keys keep the `.json`
+/// string's spelling (`<uid>-<j>`, not re-cased), and re-reading the output gives back the same uids.
+#[test]
+fn resharding_lost_derived_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let mut w = ShardWriter::new(&pool, 100).unwrap();
+    let upper = "ABCDEF0123456789ABCDEF0123456789";
+    let mut kept_json = serde_json::Map::new();
+    kept_json.insert("uid".into(), upper.into());
+    let samples = [
+        // No .json: derived uid.
+        SampleBuilder::new("a0").shard("00000000").image("png", vec![1]).caption("no json").build(),
+        // A .json without a uid: derived, the uid is inserted.
+        SampleBuilder::new("a1").shard("00000000").image("png", vec![2]).caption("json without uid").build(),
+        // A .json with an upper-case uid: kept byte for byte, the key keeps its spelling.
+        SampleBuilder::new("a2").shard("00000000").image("png", vec![3]).caption("upper").json(kept_json).build(),
+    ];
+    for s in &samples[..1] {
+        w.write(s).unwrap();
+    }
+    let original_json = br#"{ "url": "http://x/1.png",  "caption":"json without uid" , "n": [1, 2]}"#.to_vec();
+    let mut m = samples[1].members.clone();
+    m.push(flyt::Member { ext: "json".into(), data: original_json.clone() });
+    w.write_members("a1", &m).unwrap();
+    w.write(&samples[2]).unwrap();
+    w.finish().unwrap();
+    let shard = pool.join("00000000.tar");
+    let uids: Vec<Uid> = ShardReader::open(&shard, ReaderConfig::default())
+        .unwrap()
+        .filter_map(|r| match r.unwrap() {
+            Record::Sample(s) => Some(s.uid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uids.len(), 3);
+    assert_eq!(uids[2], upper.parse().unwrap());
+    let subset_path = dir.path().join("subset.npy");
+    flyt::write_subset(&subset_path, &[uids[0], uids[1], uids[1], uids[2]]).unwrap();
+    let counts = SubsetCounts::read(&subset_path).unwrap();
+    let out = dir.path().join("out");
+    let report = flyt::reshard(&counts, std::slice::from_ref(&shard), &out, 10, false, |_, _| {}).unwrap();
+    assert_eq!(report.written_samples, 4);
+    // Read back with python webdataset: every .json has the uid of its key.
+    let listing = run_python(
+        r#"
+import sys, json, glob, webdataset as wds
+for s in wds.WebDataset(sorted(glob.glob(sys.argv[1] + "/*.tar")), shardshuffle=False):
+    uid, j = s["__key__"].rsplit("-", 1)
+    meta = json.loads(s["json"])
+    assert meta["uid"] == uid, (s["__key__"], meta)
+    print(s["__key__"], s["json"].decode())
+"#,
+        &[out.to_str().unwrap()],
+    );
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 4, "{listing}");
+    assert!(lines.iter().any(|l| l.starts_with(&format!("{upper}-0 "))), "the key keeps the .json spelling: {listing}");
+    // The inserted field, every other byte of the object kept.
+    let original = std::str::from_utf8(&original_json).unwrap();
+    let want = format!("{{\"uid\": \"{}\", {}", uids[1], &original[1..]);
+    let a1: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&uids[1].to_string())).collect();
+    assert_eq!(a1.len(), 2);
+    assert_eq!(a1[0].split_once(' ').unwrap().1, want);
+    // Re-reading the output gives the same uids (the derived ones now from .json).
+    let mut again: Vec<Uid> = Vec::new();
+    for t in std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+    {
+        for r in ShardReader::open(&t, ReaderConfig::default()).unwrap() {
+            if let Record::Sample(s) = r.unwrap() {
+                assert_eq!(s.uid_source, flyt::UidSource::Json);
+                again.push(s.uid);
+            }
+        }
+    }
+    // (A uid's second copy is a duplicate to a reader: the distinct uids are compared.)
+    again.sort();
+    again.dedup();
+    let mut want_uids = uids.clone();
+    want_uids.sort();
+    assert_eq!(again, want_uids);
+
+    // --stamp-uids: the shard written again under its own name and keys, uids in .json; in place is allowed.
+    let stamped = dir.path().join("stamped");
+    let r = flyt::stamp_uids(std::slice::from_ref(&shard), &stamped, false, |_| {}).unwrap();
+    assert_eq!((r.samples, r.stamped, r.rejected), (3, 2, 0));
+    let keys = run_python(
+        r#"
+import sys, json, webdataset as wds
+for s in wds.WebDataset([sys.argv[1]], shardshuffle=False):
+    print(s["__key__"], json.loads(s["json"])["uid"])
+"#,
+        &[stamped.join("00000000.tar").to_str().unwrap()],
+    );
+    let want_keys = format!("a0 {}\na1 {}\na2 {upper}\n", uids[0], uids[1]);
+    assert_eq!(keys, want_keys);
+    let before = std::fs::read(&shard).unwrap();
+    flyt::stamp_uids(std::slice::from_ref(&shard), &pool, false, |_| {}).unwrap();
+    assert_ne!(std::fs::read(&shard).unwrap(), before, "stamped in place");
+    assert_eq!(std::fs::read(&shard).unwrap(), std::fs::read(stamped.join("00000000.tar")).unwrap());
+    let err = flyt::stamp_uids(std::slice::from_ref(&shard), &stamped, false, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("--overwrite"), "{err}");
+}

@@ -45,8 +45,9 @@ pub struct Args {
     /// Cluster: a file with one `host:port` per process (default: localhost:2101, 2102, ...).
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
-    /// When a shard counts as arrived: `rename` (under its final name) or `marker` (once its
-    /// `<stem>_stats.json` or `<stem>.done` exists).
+    /// When a shard counts as arrived: `auto` (the default: `marker` in a directory that shows img2dataset's
+    /// layout, its `_tmp/` or any `*_stats.json`, else `rename`), `rename` (as soon as it is visible under its
+    /// final name) or `marker` (once its `<stem>_stats.json` or `<stem>.done` exists).
     #[arg(long)]
     pub arrival: Option<Arrival>,
     /// Where embeddings come from: `auto` (sidecars when present, else the model), `sidecar` or `model`.
@@ -242,6 +243,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shard_size = config.output.shard_size;
     let inputs = config.input.shards.clone();
     let following = config.follow;
+    if a.process == 0 {
+        // When a shard counts as arrived, per watched directory (the log says it again if it changes).
+        for d in inputs.iter().filter(|d| d.is_dir()) {
+            let marked = flyt_pipelines::dir_shows_marker_layout(d);
+            eprintln!("flyt: {}: {}", d.display(), flyt_pipelines::arrival_rule(config.input.arrival, marked));
+        }
+    }
     let server = match a.serve {
         Some(addr) if a.process == 0 => {
             std::fs::create_dir_all(&out)?;
@@ -278,10 +286,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!("manifest: {}", out.join("manifest.json").display());
     let failed = m["failed"].as_array().map(|a| a.len()).unwrap_or(0);
+    // Shards found that never arrived: said with their count; a batch run that curated nothing is an error.
+    let mut waiting_total = 0usize;
+    let mut waiting_words = Vec::new();
+    for (why, names) in m["waiting"].as_object().into_iter().flatten() {
+        let names: Vec<&str> = names.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+        let what = match why.as_str() {
+            "marker" => "their completion markers (<name>_stats.json or <name>.done; --arrival)",
+            "sidecars" => "their sidecars (<name>.parquet and <name>.npz; --embeddings sidecar)",
+            "tar" => "their tars (sidecar files without their pair, or --embeddings model)",
+            _ => "their files to be readable",
+        };
+        let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
+        eprintln!("flyt: {} shard(s) wait for {what}: {shown}{more}", names.len());
+        waiting_total += names.len();
+        waiting_words.push(format!("{} wait for {}", names.len(), why));
+    }
     if let Some(dir) = reshard {
         let subset = flyt::SubsetCounts::read(out.join("subset.npy"))?;
         let tars: Vec<PathBuf> = flyt_pipelines::expand_shards(&inputs)?;
         let report = flyt::reshard(&subset, &tars, &dir, shard_size as u64, true, |_, _| {})?;
+        if report.selected_uids > 0 && report.found_uids == 0 {
+            anyhow::bail!(
+                "--reshard: none of the subset's {} uids is in the {} tar(s) under the input ({} samples read): {} has no samples",
+                report.selected_uids,
+                tars.len(),
+                report.input.accepted,
+                dir.display()
+            );
+        }
         println!(
             "resharded: {} samples in {} shards under {} ({} selected uids not found in the tars)",
             report.written_samples,
@@ -305,6 +339,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if !following {
             anyhow::bail!("stopped before every shard was read: {interrupted} shard(s) interrupted");
         }
+    }
+    let in_pool = m["shards"].as_array().map(|a| a.len()).unwrap_or(0);
+    if !following && in_pool == 0 && failed == 0 {
+        let inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        if waiting_total > 0 {
+            anyhow::bail!("nothing was curated: of the shards in {inputs}, {}", waiting_words.join(", "));
+        }
+        anyhow::bail!("nothing was curated: no shards (.tar, .tar.gz, .tgz, or .parquet + .npz sidecars) in {inputs}");
     }
     Ok(())
 }
