@@ -62,6 +62,6 @@ pub use torch_runtime::{TorchReport, init_torch_runtime, torch_report};
 pub use uid::{Uid, UidError};
 pub use webdataset::{
     ReaderConfig, Record, ReshardReport, SampleBuilder, ShardReader, ShardWriter, StampReport, StampedShard,
-    WriterSummary, WrittenShard, reshard, shard_name, split_member_name, stamp_uids, stamped_json, temp_path, uid_text,
-    write_atomic,
+    WriterSummary, WrittenShard, dir_shows_marker_layout, reshard, shard_name, shows_marker_layout, split_member_name,
+    stamp_uids, stamped_json, temp_path, uid_text, write_atomic,
 };

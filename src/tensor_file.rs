@@ -59,11 +59,15 @@ pub fn safetensors_header(path: &Path) -> Result<BTreeMap<String, DeclaredTensor
             .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
             .unwrap_or_default();
         let [a, b] = off[..] else { return Err(what("no data_offsets [begin, end]")) };
-        if a > b || 8 + n + b > len {
+        let end = n.checked_add(8).and_then(|x| x.checked_add(b));
+        if a > b || end.is_none_or(|e| e > len) {
             return Err(Error::format(
                 path,
                 format!("tensor {name}"),
-                format!("its data ends at byte {} but the file has {len} bytes (cut short?)", 8 + n + b),
+                format!(
+                    "its data ends at byte {} but the file has {len} bytes (cut short?)",
+                    end.map(|e| e.to_string()).unwrap_or_else(|| "past 2^64".into())
+                ),
             ));
         }
         out.insert(name.clone(), DeclaredTensor { dtype, shape, offsets: (a, b) });

@@ -495,4 +495,19 @@ for s in wds.WebDataset([sys.argv[1]], shardshuffle=False):
     assert_eq!(std::fs::read(&shard).unwrap(), std::fs::read(stamped.join("00000000.tar")).unwrap());
     let err = flyt::stamp_uids(std::slice::from_ref(&shard), &stamped, false, |_| {}).unwrap_err().to_string();
     assert!(err.contains("--overwrite"), "{err}");
+    // In place, a shard with a rejected sample (no caption) is refused: stamping would drop that sample.
+    let damaged = dir.path().join("damaged");
+    let mut w = ShardWriter::new(&damaged, 100).unwrap();
+    w.write(&SampleBuilder::new("b0").shard("00000000").image("png", vec![1]).caption("fine").build()).unwrap();
+    w.write(&SampleBuilder::new("b1").shard("00000000").image("png", vec![2]).build()).unwrap();
+    w.finish().unwrap();
+    let tar = damaged.join("00000000.tar");
+    let before = std::fs::read(&tar).unwrap();
+    let err = flyt::stamp_uids(std::slice::from_ref(&tar), &damaged, false, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("1 sample(s) rejected") && err.contains("another --out"), "{err}");
+    assert_eq!(std::fs::read(&tar).unwrap(), before, "the shard is untouched");
+    // ... and so is a shard of a directory img2dataset is still writing.
+    std::fs::create_dir_all(pool.join("_tmp")).unwrap();
+    let err = flyt::stamp_uids(std::slice::from_ref(&shard), &stamped, true, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("_tmp"), "{err}");
 }

@@ -303,6 +303,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         waiting_total += names.len();
         waiting_words.push(format!("{} wait for {}", names.len(), why));
     }
+    let interrupted = m["interrupted"].as_array().map(|a| a.len()).unwrap_or(0);
+    let in_pool = m["shards"].as_array().map(|a| a.len()).unwrap_or(0);
+    // (Before --reshard, which would replace an earlier output with an empty one.)
+    if !following && in_pool == 0 && failed == 0 && interrupted == 0 {
+        let inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        if waiting_total > 0 {
+            anyhow::bail!("nothing was curated: of the shards in {inputs}, {}", waiting_words.join(", "));
+        }
+        anyhow::bail!("nothing was curated: no shards (.tar, .tar.gz, .tgz, or .parquet + .npz sidecars) in {inputs}");
+    }
     if let Some(dir) = reshard {
         let subset = flyt::SubsetCounts::read(out.join("subset.npy"))?;
         let tars: Vec<PathBuf> = flyt_pipelines::expand_shards(&inputs)?;
@@ -330,7 +340,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             out.join("manifest.json").display()
         );
     }
-    let interrupted = m["interrupted"].as_array().map(|a| a.len()).unwrap_or(0);
     if interrupted > 0 {
         println!(
             "interrupted: {interrupted} shard(s) were not read (a stop was requested); a run started again reads them"
@@ -339,14 +348,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if !following {
             anyhow::bail!("stopped before every shard was read: {interrupted} shard(s) interrupted");
         }
-    }
-    let in_pool = m["shards"].as_array().map(|a| a.len()).unwrap_or(0);
-    if !following && in_pool == 0 && failed == 0 {
-        let inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        if waiting_total > 0 {
-            anyhow::bail!("nothing was curated: of the shards in {inputs}, {}", waiting_words.join(", "));
-        }
-        anyhow::bail!("nothing was curated: no shards (.tar, .tar.gz, .tgz, or .parquet + .npz sidecars) in {inputs}");
     }
     Ok(())
 }

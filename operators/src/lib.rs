@@ -54,6 +54,7 @@ pub use dedup_uids::DedupUids;
 pub use differential_dataflow;
 pub use embed_clip::{EmbedClip, EmbedCounters};
 pub use flyt;
+pub use flyt::{dir_shows_marker_layout, shows_marker_layout};
 pub use gather_shards::GatherShards;
 pub use mix_scores::{Mix, MixScores};
 pub use pool_row::{ExternalScore, PoolRow, PoolRows, PoolUpdate, pool_rows};
@@ -73,5 +74,5 @@ pub use soft_cap_sample::{ScsCounters, SoftCapSample};
 pub use timely;
 pub use watch_shards::{
     Arrival, Decision, EmbeddingSource, Identities, Job, Unit, Via, Waiting, WatchOptions, WatchShards, Watcher,
-    arrival_rule, decide, dir_shows_marker_layout, list_score_files, list_units, shows_marker_layout,
+    arrival_rule, decide, list_score_files, list_units,
 };

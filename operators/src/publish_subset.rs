@@ -146,7 +146,11 @@ impl<'scope> PublishSubset for Stream<'scope, u64, Vec<SinkEvent>> {
                     let bound = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                     let ready: Vec<u64> = stash.range(..bound).map(|(t, _)| *t).collect();
                     for t in ready {
-                        for e in stash.remove(&t).unwrap_or_default() {
+                        // A replaced shard's retraction shares its time with the replacing commit: the
+                        // retraction goes first, whatever order they arrived in.
+                        let mut events = stash.remove(&t).unwrap_or_default();
+                        events.sort_by_key(|e| !matches!(e, SinkEvent::Retracted { .. }));
+                        for e in events {
                             apply(&mut state, e, &ctx.counters);
                         }
                         dirty = true;

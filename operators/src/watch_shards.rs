@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flyt::Uid;
 use flyt::curation::{FileId, Layout, ShardRecord};
+use flyt::{Uid, dir_shows_marker_layout, shows_marker_layout};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -154,13 +154,6 @@ pub struct Unit {
     pub marked_dir: bool,
 }
 
-/// Whether a directory listing shows img2dataset's layout: its `_tmp/` folder (made before the first shard is
-/// opened, removed at the end) or a `*_stats.json` completion marker. Because `_tmp/` exists before any tar,
-/// a listing that shows a tar of a running img2dataset also shows `_tmp/` or the markers.
-pub fn shows_marker_layout(names: &[String]) -> bool {
-    names.iter().any(|n| n == "_tmp" || (n.ends_with("_stats.json") && !is_temporary(n)))
-}
-
 fn is_temporary(name: &str) -> bool {
     name.starts_with('.') || [".tmp", ".part", ".incomplete", ".partial"].iter().any(|s| name.ends_with(s))
 }
@@ -186,14 +179,6 @@ pub fn arrival_rule(arrival: Arrival, marked: bool) -> &'static str {
     }
 }
 
-/// Whether the directory `dir` shows img2dataset's layout now ([`shows_marker_layout`]).
-pub fn dir_shows_marker_layout(dir: &Path) -> bool {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    shows_marker_layout(&names)
-}
-
 /// Groups a directory listing (or explicit files) into units by name. Only regular files (a symlink counts by
 /// what it points at) take part: a FIFO, a device, a socket or a directory under a shard's name is left out
 /// (checked by `stat`, never by opening it, so a FIFO cannot block the listing) and recorded in `refused` with
@@ -207,22 +192,39 @@ pub fn list_units(
     marked: &mut std::collections::BTreeSet<PathBuf>,
 ) -> BTreeMap<String, Unit> {
     let mut units: BTreeMap<String, Unit> = BTreeMap::new();
-    let mut paths: Vec<(PathBuf, bool, bool)> = files.iter().map(|f| (f.clone(), false, false)).collect();
+    // Files named one by one follow their directory's layout too.
+    let mut parents: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    let mut paths: Vec<(PathBuf, bool, bool)> = Vec::new();
+    for f in files {
+        let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let m = *parents.entry(parent.clone()).or_insert_with(|| {
+            if dir_shows_marker_layout(&parent) {
+                marked.insert(parent.clone());
+            }
+            marked.contains(&parent)
+        });
+        paths.push((f.clone(), false, m));
+    }
     for d in dirs {
         match std::fs::read_dir(d) {
             Ok(rd) => {
                 // The listing's file type spares a stat for plain files; links are followed below.
-                let entries: Vec<(PathBuf, bool)> =
-                    rd.flatten().map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file()))).collect();
-                let names: Vec<String> = entries
+                let entries: Vec<(PathBuf, bool, bool)> = rd
+                    .flatten()
+                    .map(|e| {
+                        let t = e.file_type().ok();
+                        (e.path(), t.is_some_and(|t| t.is_file()), t.is_some_and(|t| t.is_dir()))
+                    })
+                    .collect();
+                let names: Vec<(String, bool)> = entries
                     .iter()
-                    .filter_map(|(p, _)| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .filter_map(|(p, _, dir)| p.file_name().map(|n| (n.to_string_lossy().into_owned(), *dir)))
                     .collect();
                 if shows_marker_layout(&names) {
                     marked.insert(d.clone());
                 }
                 let m = marked.contains(d);
-                paths.extend(entries.into_iter().map(|(p, plain)| (p, plain, m)));
+                paths.extend(entries.into_iter().map(|(p, plain, _)| (p, plain, m)));
             }
             Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot list the shard directory"),
         }
@@ -612,6 +614,13 @@ impl Watcher {
                         continue; // unchanged, or its job is still running (look again next scan)
                     }
                     // Changed after it was given out: a re-delivery (same bytes: nothing to do) or a replacement.
+                    // One that has not arrived (its marker not there yet) keeps the inputs it was given with, so
+                    // it is looked at again, without hashing it, on every scan until it has.
+                    let decision = decide(&unit, None, &self.models, &self.layout);
+                    if let Decision::Wait(why) = decision {
+                        waiting.entry(why).or_default().push(name);
+                        continue;
+                    }
                     let rec = self.layout.record_of(&name);
                     let same = rec.as_ref().is_some_and(|r| {
                         r.inputs.len() == inputs.len()
@@ -626,7 +635,7 @@ impl Watcher {
                         self.given.insert(name, (now, *at));
                         continue;
                     }
-                    match decide(&unit, None, &self.models, &self.layout) {
+                    match decision {
                         Decision::Run(via, inputs) => {
                             if let Some(r) = rec {
                                 match self.layout.replay(&r, &self.models.columns) {
@@ -873,5 +882,37 @@ mod tests {
         assert!(matches!(decide(&units["a"], None, &ids(Arrival::Auto), &out), Decision::Run(..)));
         assert_eq!(decide(&units["a"], None, &ids(Arrival::Marker), &out), Decision::Wait(Waiting::Marker));
         assert_eq!("auto".parse::<Arrival>().unwrap(), Arrival::Auto);
+        // Another tool's `summary_stats.json` is not img2dataset's marker of a shard.
+        let other = d.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("a.tar"), b"").unwrap();
+        std::fs::write(other.join("summary_stats.json"), b"{}").unwrap();
+        let units = list_units(std::slice::from_ref(&other), &[], &mut BTreeMap::new(), &mut Default::default());
+        assert!(!units["a"].marked_dir);
+    }
+
+    /// A shard read before its directory showed img2dataset's layout, that then changed while its marker was
+    /// not there yet, was recorded as seen with its new size and mtime, so it was never read again once the
+    /// marker came. It stays waiting, and is given out again when the marker arrives.
+    #[test]
+    fn a_shard_read_before_the_layout_showed_was_never_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("watch");
+        std::fs::create_dir_all(&watch).unwrap();
+        std::fs::write(watch.join("00000.tar"), b"part").unwrap();
+        let mut w =
+            Watcher::new(std::slice::from_ref(&watch), None, ids(Arrival::Auto), Layout::new(d.path().join("o")));
+        let jobs = w.scan(true, 0);
+        assert!(matches!(&jobs[..], [Job::Shard { name, .. }] if name == "00000"));
+        w.given_at("00000", 1);
+        std::fs::create_dir_all(watch.join("_tmp")).unwrap();
+        std::fs::write(watch.join("00000.tar"), b"part and the rest").unwrap();
+        for _ in 0..2 {
+            assert!(w.scan(false, 2).is_empty());
+            assert_eq!(w.waiting.get(&Waiting::Marker), Some(&vec!["00000".to_string()]));
+        }
+        std::fs::write(watch.join("00000_stats.json"), b"{}").unwrap();
+        let jobs = w.scan(false, 2);
+        assert!(matches!(&jobs[..], [Job::Shard { name, .. }] if name == "00000"), "{jobs:?}");
     }
 }

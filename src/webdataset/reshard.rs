@@ -186,8 +186,11 @@ pub struct StampReport {
 /// Writes each input shard again as `out/<name>.tar` (its shard name, so a derived uid stays the same), every
 /// accepted sample under its own key with its uid written into `.json` ([`stamped_json`]), so that tools that
 /// read the uid from `.json` (DataComp's) see the uids flyt gives. Each output is written to a temporary file
-/// and renamed into place, so `out` may be the input directory (the shards are replaced in place). An output
-/// that exists and is not the input it comes from is refused unless `overwrite`.
+/// and renamed into place, so `out` may be the input directory (the shards are replaced in place), but not for
+/// a shard with rejected samples (they would be lost), a compressed shard, a shard of a directory img2dataset
+/// is still writing (`_tmp/`), or one whose `<name>_stats.json` is not there yet. Member extensions are
+/// written lower-cased, as the reader names them. An output that exists and is not the input it comes from is
+/// refused unless `overwrite`.
 pub fn stamp_uids(
     shards: &[PathBuf],
     out: &Path,
@@ -206,14 +209,34 @@ pub fn stamp_uids(
             )));
         }
         let dest = out.join(format!("{name}.tar"));
-        let same_file = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        if dest.exists() && !overwrite && !same_file(&dest, shard) {
+        let canon = |p: &Path| std::fs::canonicalize(p).ok();
+        let in_place = dest.exists() && canon(&dest) == canon(shard);
+        if dest.exists() && !overwrite && !in_place {
             return Err(Error::Config(format!(
                 "{} exists and is not the input {}; pass --overwrite to replace it",
                 dest.display(),
+                shard.display()
+            )));
+        }
+        let parent = shard.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if canon(parent) == canon(out) && !shard.to_string_lossy().ends_with(".tar") {
+            return Err(Error::Config(format!(
+                "{}: a compressed shard stamped into its own directory would leave {name}.tar beside it (every \
+                 sample twice); write to another --out",
+                shard.display()
+            )));
+        }
+        if parent.join("_tmp").is_dir() {
+            return Err(Error::Config(format!(
+                "{}: img2dataset is still writing into {} (its _tmp/ exists); stamp once it has finished",
+                shard.display(),
+                parent.display()
+            )));
+        }
+        if super::dir_shows_marker_layout(parent) && !parent.join(format!("{name}_stats.json")).exists() {
+            return Err(Error::Config(format!(
+                "{}: its directory marks finished shards with <name>_stats.json and {name}_stats.json is not there \
+                 yet; stamp once the shard is complete",
                 shard.display()
             )));
         }
@@ -226,6 +249,16 @@ pub fn stamp_uids(
                 return Err(e);
             }
         };
+        if stats.rejected > 0 && canon(&dest) == canon(shard) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Config(format!(
+                "{}: {} sample(s) rejected ({:?}); stamping in place would drop them from the shard: write to \
+                 another --out",
+                shard.display(),
+                stats.rejected,
+                stats.rejected_by_reason
+            )));
+        }
         if let Err(e) = std::fs::rename(&tmp, &dest) {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(&dest, e));
