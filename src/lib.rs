@@ -42,7 +42,7 @@ mod uid;
 mod webdataset;
 
 pub use datacomp::{
-    DATACOMP_TASKS, MetadataRow, MetadataTable, NpyArray, NpyData, Pool, PoolEmbeddings, SubsetCounts,
+    DATACOMP_TASKS, MetadataRow, MetadataTable, NpyArray, NpyData, Pool, PoolEmbeddings, PoolOnDisk, SubsetCounts,
     datacomp_task_files, npy_bytes, parse_npy, pick_prefix, read_metadata, read_npz, read_npz_matrix, read_pool,
     read_subset, write_metadata, write_npz, write_subset,
 };

@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// ViT-B/32's [u; t] — else l14, else the only pair.
     #[arg(long)]
     pub embeddings: Option<String>,
+    /// Embedding mode: leave the pool's embeddings on disk and read each step's rows in place (the `.npz`
+    /// arrays must be stored, as `np.savez` and `flyt embed` write them), so memory does not grow with the
+    /// pool. The steps are those of the in-memory pool.
+    #[arg(long)]
+    pub stream_pool: bool,
     /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from; the reference
     /// starts at its logit scale, as the official reference (the pretrained CLIP) does. Default: the curation's
     /// model when --pool is a `flyt curate` output's embeddings/, else OpenAI CLIP's ln 100 (DataComp's
@@ -279,6 +284,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         datacomp_eval_dir: a.datacomp_eval_dir,
         chunk: a.chunk,
         embeddings: a.embeddings,
+        stream_pool: a.stream_pool,
         clip: a.clip,
         ref_logit_scale: a.ref_logit_scale,
         downstream: a.downstream,

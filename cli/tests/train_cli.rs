@@ -454,3 +454,53 @@ save_file({"logit_scale": np.array(3.9, np.float32), "text_projection.weight": n
     let o = flyt(&args, d);
     assert!(!o.status.success(), "a 24-d pool against a 16-d task");
 }
+
+/// Embedding mode held the whole pool in memory (262 GB at DataComp medium). `--stream-pool` leaves it on disk
+/// and reads each step's rows in place: the same rows in the same order, so the loss curve and the trained
+/// head are the in-memory run's, for FLYT and M-FLYT. A compressed `.npz`, which cannot be read in place, is
+/// an error naming the file and the array.
+#[test]
+fn streaming_the_pool_gives_the_in_memory_loss_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py(PLANTED, d);
+    let mut steps = TRAIN.to_vec();
+    steps[1] = "40";
+    for (kind, extra) in [("flyt", vec![]), ("mflyt", vec!["--scores", "inputs.parquet", "--columns", "good,noise,neg"])] {
+        let mut curves = Vec::new();
+        for stream in [false, true] {
+            let out = format!("{kind}_{stream}");
+            let mut args = vec!["train", kind, "--pool", "pool", "--downstream", "task.npz", "--out", &out];
+            args.extend(&extra);
+            args.extend(&steps);
+            if stream {
+                args.push("--stream-pool");
+            }
+            ok(flyt(&args, d));
+            curves.push((
+                std::fs::read_to_string(d.join(&out).join("losses.csv")).unwrap(),
+                std::fs::read(d.join(&out).join("checkpoint.safetensors")).unwrap(),
+            ));
+        }
+        assert_eq!(curves[0].0.lines().count(), 41);
+        assert_eq!(curves[0].0, curves[1].0, "{kind}: the streamed loss curve differs");
+        assert_eq!(curves[0].1, curves[1].1, "{kind}: the streamed head differs");
+    }
+    py(
+        r#"
+import numpy as np, os
+os.makedirs("zpool", exist_ok=True)
+import shutil; shutil.copy("pool/a.parquet", "zpool/a.parquet")
+z = np.load("pool/a.npz"); np.savez_compressed("zpool/a.npz", emb_img=z["emb_img"], emb_txt=z["emb_txt"])
+"#,
+        d,
+    );
+    let mut args = vec!["train", "flyt", "--pool", "zpool", "--downstream", "task.npz", "--out", "z", "--stream-pool"];
+    args.extend(&steps);
+    let o = flyt(&args, d);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("zpool/a.npz") && err.contains("emb_img") && err.contains("stored"),
+        "{err}"
+    );
+}

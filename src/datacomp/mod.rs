@@ -11,7 +11,7 @@ mod tasks;
 pub use metadata::{MetadataRow, MetadataTable, read_metadata, write_metadata};
 pub use npy::{NpyArray, NpyData, npy_bytes, parse_npy};
 pub use npz::{read_npz, read_npz_matrix, write_npz};
-pub use pool::{Pool, PoolEmbeddings, pick_prefix, read_pool};
+pub use pool::{Pool, PoolEmbeddings, PoolOnDisk, pick_prefix, read_pool};
 pub use scores::{
     RowMeta, ScoreTable, check_scores, digest_prefix, read_score_table, read_scores_npy, read_scores_parquet,
     sha256_hex, write_counts_parquet, write_duplicates_table, write_score_table,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::metadata::{MetadataRow, read_metadata};
 use super::npz::read_npz;
-use crate::{Error, Result};
+use crate::{Error, Result, Uid};
 
 /// A pool read into memory: metadata rows and, when asked for, their image and text embeddings.
 #[derive(Clone, Debug, Default)]
@@ -58,16 +58,7 @@ pub fn pick_prefix(keys: &[String]) -> Option<String> {
 /// Reads every `*.parquet` in `dir` (name order) and, as `embeddings` asks, the companion `.npz` arrays.
 /// A uid seen in an earlier row is left out (listed in [`Pool::rejected`]), so each uid is scored once.
 pub fn read_pool(dir: impl AsRef<Path>, embeddings: &PoolEmbeddings) -> Result<Pool> {
-    let dir = dir.as_ref();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.to_string_lossy().ends_with("_scores.parquet"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::format(dir, "*.parquet", "no metadata parquet files in this directory"));
-    }
+    let files = pool_files(dir.as_ref())?;
     let mut pool = Pool { files: files.clone(), ..Default::default() };
     let mut seen = HashSet::new();
     for file in &files {
@@ -134,4 +125,206 @@ pub fn read_pool(dir: impl AsRef<Path>, embeddings: &PoolEmbeddings) -> Result<P
         pool.file_rows.push(pool.rows.len() - before);
     }
     Ok(pool)
+}
+
+/// A pool directory's metadata parquet files (not `*_scores.parquet`), in name order; none is an error.
+fn pool_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.to_string_lossy().ends_with("_scores.parquet"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::format(dir, "*.parquet", "no metadata parquet files in this directory"));
+    }
+    Ok(files)
+}
+
+/// One `.npz` array's rows, read in place: the file, where the array's data starts, its dtype and width.
+#[derive(Debug)]
+struct ArrayAt {
+    file: std::fs::File,
+    path: PathBuf,
+    offset: u64,
+    f16: bool,
+    rows: usize,
+}
+
+impl ArrayAt {
+    /// Finds `<key>.npy` in a stored (not deflated) `.npz` and its data offset.
+    fn open(npz: &Path, key: &str) -> Result<(Self, usize)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let file = crate::open_regular(npz)?;
+        let mut zip = zip::ZipArchive::new(file.try_clone().map_err(|e| Error::io(npz, e))?)
+            .map_err(|e| Error::format(npz, "npz", format!("not a zip archive: {e}")))?;
+        let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+        let entry = zip
+            .by_name(&format!("{key}.npy"))
+            .map_err(|_| Error::format(npz, key, format!("no such array; the file has {}", names.join(", "))))?;
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(Error::format(
+                npz,
+                key,
+                "deflate-compressed (np.savez_compressed): streaming reads rows in place and needs np.savez's \
+                 stored arrays; read it in memory (no --stream-pool) or store it uncompressed",
+            ));
+        }
+        let start = entry.data_start();
+        drop(entry);
+        let mut f = file;
+        let mut head = vec![0u8; 4096];
+        f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(npz, e))?;
+        let n = f.read(&mut head).map_err(|e| Error::io(npz, e))?;
+        head.truncate(n);
+        let h = super::npy::parse_header(&head, npz, key)?;
+        let f16 = match h.descr.as_str() {
+            "'<f2'" | "'f2'" | "<f2" => true,
+            "'<f4'" | "'f4'" | "<f4" => false,
+            d => return Err(Error::format(npz, key, format!("dtype {d}: streaming reads little-endian f16 or f32"))),
+        };
+        let [rows, dim] = h.shape[..] else {
+            return Err(Error::format(npz, key, format!("expected 2-D, shape is {:?}", h.shape)));
+        };
+        if h.fortran_order {
+            return Err(Error::format(npz, key, "Fortran order: streaming reads C-order rows"));
+        }
+        let at = ArrayAt { file: f, path: npz.to_path_buf(), offset: start + h.data_offset as u64, f16, rows };
+        Ok((at, dim))
+    }
+
+    /// Appends row `r` (`dim` values) as f32 to `out`.
+    fn read_row(&self, r: usize, dim: usize, buf: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let width = if self.f16 { 2 } else { 4 };
+        buf.resize(dim * width, 0);
+        self.file.read_exact_at(buf, self.offset + (r * dim * width) as u64).map_err(|e| Error::io(&self.path, e))?;
+        if self.f16 {
+            out.extend(buf.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+        } else {
+            out.extend(buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        }
+        Ok(())
+    }
+}
+
+/// A pool whose embeddings stay on disk: the rows [`read_pool`] would keep (same order, same uids), each a
+/// (file, row) of a stored `.npz`, read in place by [`PoolOnDisk::gather`]. Memory is 24 bytes per row (its uid
+/// and location), whatever the embedding width.
+#[derive(Debug)]
+pub struct PoolOnDisk {
+    /// The parquet files read, in name order.
+    pub files: Vec<PathBuf>,
+    /// The uids, in row order.
+    pub uids: Vec<Uid>,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// The embedding prefix used.
+    pub prefix: String,
+    /// Rows left out, as [`Pool::rejected`].
+    pub rejected: Vec<(PathBuf, usize, String)>,
+    at: Vec<(u32, u32)>,
+    arrays: Vec<(ArrayAt, ArrayAt)>,
+}
+
+impl PoolOnDisk {
+    /// Indexes a pool directory as [`read_pool`] reads it (embeddings required), without reading the arrays.
+    pub fn open(dir: impl AsRef<Path>, embeddings: &PoolEmbeddings) -> Result<Self> {
+        let files = pool_files(dir.as_ref())?;
+        let mut pool = PoolOnDisk {
+            files: files.clone(),
+            uids: Vec::new(),
+            dim: 0,
+            prefix: String::new(),
+            rejected: Vec::new(),
+            at: Vec::new(),
+            arrays: Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        for file in &files {
+            let npz = file.with_extension("npz");
+            let prefix = if pool.prefix.is_empty() {
+                match embeddings {
+                    PoolEmbeddings::Prefix(p) => p.clone(),
+                    _ => {
+                        let keys: Vec<String> = {
+                            let f = crate::open_regular(&npz)?;
+                            let z = zip::ZipArchive::new(f)
+                                .map_err(|e| Error::format(&npz, "npz", format!("not a zip archive: {e}")))?;
+                            z.file_names().filter_map(|n| n.strip_suffix(".npy")).map(str::to_string).collect()
+                        };
+                        pick_prefix(&keys).ok_or_else(|| {
+                            Error::format(
+                                &npz,
+                                "*_img/*_txt",
+                                format!("no single embedding pair; arrays: {}", keys.join(", ")),
+                            )
+                        })?
+                    }
+                }
+            } else {
+                pool.prefix.clone()
+            };
+            let (img, di) = ArrayAt::open(&npz, &format!("{prefix}_img"))?;
+            let (txt, dt) = ArrayAt::open(&npz, &format!("{prefix}_txt"))?;
+            if img.rows != txt.rows || di != dt {
+                return Err(Error::format(
+                    &npz,
+                    &prefix,
+                    format!("image {}×{di} but text {}×{dt}", img.rows, txt.rows),
+                ));
+            }
+            if pool.dim != 0 && pool.dim != di {
+                return Err(Error::format(&npz, &prefix, format!("{di}-d, earlier files are {}-d", pool.dim)));
+            }
+            pool.dim = di;
+            pool.prefix = prefix;
+            let fi = pool.arrays.len() as u32;
+            let rows = img.rows;
+            pool.arrays.push((img, txt));
+            let table = read_metadata(file)?;
+            for (r, why) in table.rejected {
+                pool.rejected.push((file.clone(), r, why));
+            }
+            for row in table.rows {
+                if !seen.insert(row.uid) {
+                    pool.rejected.push((file.clone(), row.row, format!("uid {} already seen", row.uid)));
+                    continue;
+                }
+                if row.row >= rows {
+                    pool.rejected.push((file.clone(), row.row, format!("the .npz has only {rows} rows")));
+                    continue;
+                }
+                pool.uids.push(row.uid);
+                pool.at.push((fi, row.row as u32));
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.uids.len()
+    }
+
+    /// Whether it has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.uids.is_empty()
+    }
+
+    /// The image and text embeddings of `rows` (indices into the pool), each `rows.len() × dim` as f32.
+    pub fn gather(&self, rows: &[i64]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (mut img, mut txt) = (Vec::with_capacity(rows.len() * self.dim), Vec::with_capacity(rows.len() * self.dim));
+        let mut buf = Vec::new();
+        for &r in rows {
+            let &(f, row) = usize::try_from(r)
+                .ok()
+                .and_then(|r| self.at.get(r))
+                .ok_or_else(|| Error::Config(format!("row {r} is outside the pool's {} rows", self.at.len())))?;
+            let (a, b) = &self.arrays[f as usize];
+            a.read_row(row as usize, self.dim, &mut buf, &mut img)?;
+            b.read_row(row as usize, self.dim, &mut buf, &mut txt)?;
+        }
+        Ok((img, txt))
+    }
 }

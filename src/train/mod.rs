@@ -29,6 +29,6 @@ pub use models::{GluHead, Mixer};
 pub use optim::{ParamAdamW, cosine_lr};
 pub use scorer::{CheckpointInfo, FlytScorer, MixWeights, ModelKind};
 pub use trainer::{
-    Augment, BatchPlan, DownstreamTask, FlytConfig, FlytState, ScoringModel, StepBatches, StepLog, TaskBatch,
-    TaskShape, TraceSpec, UpstreamPool, train_flyt,
+    Augment, BatchPlan, DownstreamTask, FlytConfig, FlytState, ScoringModel, StepBatches, StepLog, StreamedPool,
+    TaskBatch, TaskShape, TraceSpec, UpstreamPool, UpstreamRows, train_flyt,
 };

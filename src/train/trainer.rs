@@ -1,6 +1,6 @@
 //! The FLYT / M-FLYT training loop in `embedding` reference mode (notes §2.5–2.6, §3).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::adamw::AdamW;
 use super::embedding::{DownstreamBatch, EmbeddingReference};
@@ -58,6 +58,69 @@ pub struct UpstreamPool {
     pub text: Tensor,
     /// Scoring features.
     pub features: Tensor,
+}
+
+/// What the lookahead loop needs of the upstream pool: its size, and each step's rows — normalised image and
+/// text embeddings and the scoring features, on the pool's device.
+pub trait UpstreamRows {
+    /// Rows in the pool.
+    fn rows(&self) -> usize;
+    /// Where the rows go.
+    fn device(&self) -> Device;
+    /// The rows `idx`: (image, text, features).
+    fn gather(&self, idx: &[i64]) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
+impl UpstreamRows for UpstreamPool {
+    fn rows(&self) -> usize {
+        self.image.size()[0] as usize
+    }
+    fn device(&self) -> Device {
+        self.image.device()
+    }
+    fn gather(&self, idx: &[i64]) -> Result<(Tensor, Tensor, Tensor)> {
+        let i = Tensor::from_slice(idx).to_device(self.device());
+        Ok((self.image.index_select(0, &i), self.text.index_select(0, &i), self.features.index_select(0, &i)))
+    }
+}
+
+/// The upstream pool with its embeddings left on disk ([`crate::PoolOnDisk`]): each step reads its rows in
+/// place and normalises them as [`UpstreamPool`]'s are normalised, so memory does not grow with the pool and
+/// the steps are those of the in-memory pool. The FLYT head's features are `[image, text]`; M-FLYT's (a few
+/// score columns per row) are held in memory.
+#[derive(Debug)]
+pub struct StreamedPool {
+    /// The pool's index.
+    pub pool: crate::PoolOnDisk,
+    /// M-FLYT's features (`P × K`), or `None` for the FLYT head's `[image, text]`.
+    pub features: Option<Tensor>,
+    /// The embeddings' dtype once read (f32, or f64 with `--dtype f64`).
+    pub kind: Kind,
+    /// Where the rows go.
+    pub device: Device,
+}
+
+impl UpstreamRows for StreamedPool {
+    fn rows(&self) -> usize {
+        self.pool.len()
+    }
+    fn device(&self) -> Device {
+        self.device
+    }
+    fn gather(&self, idx: &[i64]) -> Result<(Tensor, Tensor, Tensor)> {
+        let (img, txt) = self.pool.gather(idx)?;
+        let d = self.pool.dim as i64;
+        let m = |v: &[f32]| {
+            crate::clip::l2_normalize(&Tensor::from_slice(v).view([idx.len() as i64, d]).to_device(self.device))
+                .to_kind(self.kind)
+        };
+        let (img, txt) = (m(&img), m(&txt));
+        let feat = match &self.features {
+            Some(f) => f.index_select(0, &Tensor::from_slice(idx).to_device(self.device)),
+            None => Tensor::cat(&[&img, &txt], 1),
+        };
+        Ok((img, txt, feat))
+    }
 }
 
 /// A downstream task: frozen image embeddings with labels, and frozen prompt embeddings `C × T × in` (class ×
@@ -575,24 +638,22 @@ pub struct FlytState<R = EmbeddingReference> {
 pub fn train_flyt(
     model: &(impl ScoringModel + ?Sized),
     state: &mut FlytState,
-    pool: &UpstreamPool,
+    pool: &(impl UpstreamRows + ?Sized),
     tasks: &[DownstreamTask],
     config: &FlytConfig,
     mut on_step: impl FnMut(&StepLog) -> Result<bool>,
 ) -> Result<()> {
-    let p = pool.image.size()[0] as usize;
+    let p = pool.rows();
     let shapes: Vec<(usize, Vec<i64>)> = tasks.iter().map(|t| (t.image.size()[0] as usize, t.prompts.size())).collect();
     check_inputs(p, &shapes, config)?;
     let task_shapes: Vec<TaskShape> = shapes.iter().map(|(m, pr)| (*m, pr[0] as usize, pr[1] as usize)).collect();
-    let device = pool.image.device();
+    let device = pool.device();
     let rows = |idx: &[i64]| Tensor::from_slice(idx).to_device(device);
     let (names, mut params): (Vec<String>, Vec<Tensor>) = model.named_parameters().into_iter().unzip();
     while state.step < config.steps {
         let step = state.step;
         let b = StepBatches::for_step(config, step, p, &task_shapes)?;
-        let idx = rows(&b.upstream);
-        let (img, txt, feat) =
-            (pool.image.index_select(0, &idx), pool.text.index_select(0, &idx), pool.features.index_select(0, &idx));
+        let (img, txt, feat) = pool.gather(&b.upstream)?;
         let batches: Vec<DownstreamBatch> = tasks
             .iter()
             .zip(&b.tasks)

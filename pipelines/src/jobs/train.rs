@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// Embedding mode: the pool's `.npz` prefix (default: `b32`, the official scorer's OpenAI ViT-B/32 features,
     /// when the pool has it; else l14, else the only pair).
     pub embeddings: Option<String>,
+    /// Embedding mode: leave the pool's embeddings on disk and read each step's rows in place (stored `.npz`
+    /// arrays), so memory does not grow with the pool; the steps are the in-memory pool's.
+    pub stream_pool: bool,
     /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from, whose logit scale
     /// starts the reference (default: the curation's model when the pool is a `flyt curate` output's
     /// `embeddings/`; else OpenAI CLIP's, ln 100, which DataComp's embeddings come from).
@@ -141,6 +144,7 @@ impl Default for TrainConfig {
             datacomp_eval_dir: None,
             chunk: None,
             embeddings: None,
+            stream_pool: false,
             clip: None,
             ref_logit_scale: None,
             downstream: Vec::new(),
@@ -282,12 +286,14 @@ impl Model {
 
 /// The head a new run trains: M-FLYT's mixer (raw inputs with PyTorch's init, or z-scored with `features`'
 /// statistics and zero weights) or FLYT's SwiGLU head over `dim`-d embeddings (seeded, PyTorch's init or cos-sim).
-fn scoring_model(c: &TrainConfig, features: &Tensor, dim: usize, vs: &tch::nn::VarStore) -> Model {
+fn scoring_model(c: &TrainConfig, features: Option<&Tensor>, dim: usize, vs: &tch::nn::VarStore) -> Model {
     match c.kind {
         ModelKind::Mflyt => {
             tch::manual_seed(c.training.seed as i64);
             let mut m = Mixer::new(&vs.root(), (c.columns.len() as i64).max(1));
-            if c.mixer_inputs == MixerInputs::Zscore {
+            if c.mixer_inputs == MixerInputs::Zscore
+                && let Some(features) = features
+            {
                 m.set_stats(features);
                 m.zero_init();
             }
@@ -469,15 +475,32 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     if c.downstream.is_empty() {
         return Err(Error::Config("embedding mode needs --downstream task.npz (made by flyt downstream)".into()));
     }
-    let pool = flyt::read_pool(&pool_dir, &flyt_prefix(&pool_dir, c.embeddings.as_deref())?)?;
-    if pool.rows.is_empty() {
+    let prefix = flyt_prefix(&pool_dir, c.embeddings.as_deref())?;
+    let kind = if c.f64 { Kind::Double } else { Kind::Float };
+    // In memory, or on disk (each step's rows read in place): the same rows, in the same order.
+    let (in_memory, on_disk) = if c.stream_pool {
+        (None, Some(flyt::PoolOnDisk::open(&pool_dir, &prefix)?))
+    } else {
+        (Some(flyt::read_pool(&pool_dir, &prefix)?), None)
+    };
+    let (dim, uids, pool_files, pool_prefix): (usize, Vec<Uid>, Vec<PathBuf>, Option<String>) =
+        match (&in_memory, &on_disk) {
+            (Some(p), _) => (p.dim, p.rows.iter().map(|r| r.uid).collect(), p.files.clone(), p.prefix.clone()),
+            (_, Some(p)) => (p.dim, p.uids.clone(), p.files.clone(), Some(p.prefix.clone())),
+            _ => unreachable!("one of the two is read"),
+        };
+    if uids.is_empty() {
         return Err(Error::Incomplete(format!("{}: the pool has no rows", pool_dir.display())));
     }
-    let kind = if c.f64 { Kind::Double } else { Kind::Float };
-    let dim = pool.dim;
-    let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
-    let image = l2_normalize(&matrix(&pool.image, dim, dev)).to_kind(kind);
-    let text = l2_normalize(&matrix(&pool.text, dim, dev)).to_kind(kind);
+    // The whole pool's normalised embeddings (in memory), or none (streamed).
+    let (image, text) = match &in_memory {
+        Some(pool) => (
+            Some(l2_normalize(&matrix(&pool.image, dim, dev)).to_kind(kind)),
+            Some(l2_normalize(&matrix(&pool.text, dim, dev)).to_kind(kind)),
+        ),
+        None => (None, None),
+    };
+    drop(in_memory);
     let tasks: Vec<DownstreamTask> = c
         .downstream
         .iter()
@@ -491,11 +514,14 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         })
         .collect::<flyt::Result<_>>()?;
     let mut vs = tch::nn::VarStore::new(dev);
-    let features = match c.kind {
-        ModelKind::Mflyt => matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev).to_kind(kind),
-        ModelKind::Flyt => Tensor::cat(&[&image, &text], 1),
+    let features = match (c.kind, &image, &text) {
+        (ModelKind::Mflyt, _, _) => {
+            Some(matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev).to_kind(kind))
+        }
+        (ModelKind::Flyt, Some(i), Some(t)) => Some(Tensor::cat(&[i, t], 1)),
+        (ModelKind::Flyt, _, _) => None, // streamed: each step's [u; t]
     };
-    let model = scoring_model(c, &features, dim, &vs);
+    let model = scoring_model(c, features.as_ref(), dim, &vs);
     if c.f64 {
         vs.double();
     }
@@ -541,9 +567,10 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         "ref_dim": ref_dim,
         "columns": c.columns,
         "pool": pool_dir.display().to_string(),
-        "pool_files": pool.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "pool_files": pool_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "pool_rows": uids.len(),
-        "embeddings": pool.prefix,
+        "pool_streamed": c.stream_pool,
+        "embeddings": pool_prefix,
         "downstream": c.downstream.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "scores": c.scores.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "ref_logit_scale": start_log_tau,
@@ -552,10 +579,21 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         "flyt_version": env!("CARGO_PKG_VERSION"),
         "inputs": input_versions(&[&[pool_dir.clone()][..], &c.downstream, &c.scores].concat()),
     });
-    let pool_t = UpstreamPool { image, text, features };
-    drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
-        train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
-    })
+    match (on_disk, image, text, features) {
+        (None, Some(image), Some(text), Some(features)) => {
+            let pool_t = UpstreamPool { image, text, features };
+            drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
+                train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
+            })
+        }
+        (Some(pool), _, _, features) => {
+            let pool_t = flyt::train::StreamedPool { pool, features, kind, device: dev };
+            drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
+                train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
+            })
+        }
+        _ => unreachable!("in memory: embeddings and features are built"),
+    }
 }
 
 /// The run's settings, for the checkpoint's sidecar.
@@ -751,7 +789,7 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     }
     .to_kind(kind);
     let mut vs = tch::nn::VarStore::new(dev);
-    let model = scoring_model(c, &features, dim, &vs);
+    let model = scoring_model(c, Some(&features), dim, &vs);
     if c.f64 {
         vs.double();
     }
