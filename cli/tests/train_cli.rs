@@ -466,7 +466,9 @@ fn streaming_the_pool_gives_the_in_memory_loss_curve() {
     py(PLANTED, d);
     let mut steps = TRAIN.to_vec();
     steps[1] = "40";
-    for (kind, extra) in [("flyt", vec![]), ("mflyt", vec!["--scores", "inputs.parquet", "--columns", "good,noise,neg"])] {
+    for (kind, extra) in
+        [("flyt", vec![]), ("mflyt", vec!["--scores", "inputs.parquet", "--columns", "good,noise,neg"])]
+    {
         let mut curves = Vec::new();
         for stream in [false, true] {
             let out = format!("{kind}_{stream}");
