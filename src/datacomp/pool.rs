@@ -141,11 +141,10 @@ fn pool_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// One `.npz` array's rows, read in place: the file, where the array's data starts, its dtype and width.
+/// One `.npz` array's rows, read in place: where the array's data starts in its file, its dtype and rows.
+/// (No file handle is kept: a pool of 10⁴ files would exhaust the process's descriptors.)
 #[derive(Debug)]
 struct ArrayAt {
-    file: std::fs::File,
-    path: PathBuf,
     offset: u64,
     f16: bool,
     rows: usize,
@@ -189,20 +188,23 @@ impl ArrayAt {
         if h.fortran_order {
             return Err(Error::format(npz, key, "Fortran order: streaming reads C-order rows"));
         }
-        let at = ArrayAt { file: f, path: npz.to_path_buf(), offset: start + h.data_offset as u64, f16, rows };
-        Ok((at, dim))
+        Ok((ArrayAt { offset: start + h.data_offset as u64, f16, rows }, dim))
     }
 
-    /// Appends row `r` (`dim` values) as f32 to `out`.
-    fn read_row(&self, r: usize, dim: usize, buf: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+    /// Reads row `r` (`out.len()` values) of this array in `file` (at `path`) as f32 into `out`.
+    fn read_row(&self, file: &std::fs::File, path: &Path, r: usize, buf: &mut Vec<u8>, out: &mut [f32]) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let width = if self.f16 { 2 } else { 4 };
+        let (dim, width) = (out.len(), if self.f16 { 2 } else { 4 });
         buf.resize(dim * width, 0);
-        self.file.read_exact_at(buf, self.offset + (r * dim * width) as u64).map_err(|e| Error::io(&self.path, e))?;
+        file.read_exact_at(buf, self.offset + (r * dim * width) as u64).map_err(|e| Error::io(path, e))?;
         if self.f16 {
-            out.extend(buf.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+            for (o, c) in out.iter_mut().zip(buf.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
         } else {
-            out.extend(buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            for (o, c) in out.iter_mut().zip(buf.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
         }
         Ok(())
     }
@@ -224,7 +226,7 @@ pub struct PoolOnDisk {
     /// Rows left out, as [`Pool::rejected`].
     pub rejected: Vec<(PathBuf, usize, String)>,
     at: Vec<(u32, u32)>,
-    arrays: Vec<(ArrayAt, ArrayAt)>,
+    arrays: Vec<(PathBuf, ArrayAt, ArrayAt)>,
 }
 
 impl PoolOnDisk {
@@ -281,7 +283,7 @@ impl PoolOnDisk {
             pool.prefix = prefix;
             let fi = pool.arrays.len() as u32;
             let rows = img.rows;
-            pool.arrays.push((img, txt));
+            pool.arrays.push((npz.clone(), img, txt));
             let table = read_metadata(file)?;
             for (r, why) in table.rejected {
                 pool.rejected.push((file.clone(), r, why));
@@ -312,18 +314,30 @@ impl PoolOnDisk {
         self.uids.is_empty()
     }
 
-    /// The image and text embeddings of `rows` (indices into the pool), each `rows.len() × dim` as f32.
+    /// The image and text embeddings of `rows` (indices into the pool), each `rows.len() × dim` as f32. The
+    /// rows are read file by file, each file opened once per call.
     pub fn gather(&self, rows: &[i64]) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (mut img, mut txt) = (Vec::with_capacity(rows.len() * self.dim), Vec::with_capacity(rows.len() * self.dim));
-        let mut buf = Vec::new();
-        for &r in rows {
+        let d = self.dim;
+        let mut at = Vec::with_capacity(rows.len());
+        for (i, &r) in rows.iter().enumerate() {
             let &(f, row) = usize::try_from(r)
                 .ok()
                 .and_then(|r| self.at.get(r))
                 .ok_or_else(|| Error::Config(format!("row {r} is outside the pool's {} rows", self.at.len())))?;
-            let (a, b) = &self.arrays[f as usize];
-            a.read_row(row as usize, self.dim, &mut buf, &mut img)?;
-            b.read_row(row as usize, self.dim, &mut buf, &mut txt)?;
+            at.push((f, row, i));
+        }
+        at.sort_unstable();
+        let (mut img, mut txt) = (vec![0f32; rows.len() * d], vec![0f32; rows.len() * d]);
+        let mut buf = Vec::new();
+        let mut open: Option<(u32, std::fs::File)> = None;
+        for (f, row, i) in at {
+            let (path, a, b) = &self.arrays[f as usize];
+            if open.as_ref().is_none_or(|(g, _)| *g != f) {
+                open = Some((f, crate::open_regular(path)?));
+            }
+            let file = &open.as_ref().expect("opened above").1;
+            a.read_row(file, path, row as usize, &mut buf, &mut img[i * d..(i + 1) * d])?;
+            b.read_row(file, path, row as usize, &mut buf, &mut txt[i * d..(i + 1) * d])?;
         }
         Ok((img, txt))
     }
