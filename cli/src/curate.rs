@@ -291,12 +291,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut waiting_words = Vec::new();
     for (why, names) in m["waiting"].as_object().into_iter().flatten() {
         let names: Vec<&str> = names.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
-        let what = match why.as_str() {
-            "marker" => "their completion markers (<name>_stats.json or <name>.done; --arrival)",
-            "sidecars" => "their sidecars (<name>.parquet and <name>.npz; --embeddings sidecar)",
-            "tar" => "their tars (sidecar files without their pair, or --embeddings model)",
-            _ => "their files to be readable",
-        };
+        let what = flyt_pipelines::Waiting::from_key(why).map(|w| w.what()).unwrap_or(why.as_str());
         let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
         let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
         eprintln!("flyt: {} shard(s) wait for {what}: {shown}{more}", names.len());
@@ -317,15 +312,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let subset = flyt::SubsetCounts::read(out.join("subset.npy"))?;
         let tars: Vec<PathBuf> = flyt_pipelines::expand_shards(&inputs)?;
         let report = flyt::reshard(&subset, &tars, &dir, shard_size as u64, true, |_, _| {})?;
-        if report.selected_uids > 0 && report.found_uids == 0 {
-            anyhow::bail!(
-                "--reshard: none of the subset's {} uids is in the {} tar(s) under the input ({} samples read): {} has no samples",
-                report.selected_uids,
-                tars.len(),
-                report.input.accepted,
-                dir.display()
-            );
-        }
+        crate::reshard::found_any(&report, &out.join("subset.npy"), &inputs)
+            .map_err(|e| e.context(format!("--reshard {}", dir.display())))?;
         println!(
             "resharded: {} samples in {} shards under {} ({} selected uids not found in the tars)",
             report.written_samples,

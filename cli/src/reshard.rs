@@ -86,10 +86,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// A subset none of whose uids is in the input is an error (the output has no samples): usually the wrong
 /// shards, or shards whose uids were derived by another tool.
-fn found_any(report: &flyt::ReshardReport, subset: &std::path::Path, shards: &[PathBuf]) -> anyhow::Result<()> {
+pub(crate) fn found_any(
+    report: &flyt::ReshardReport,
+    subset: &std::path::Path,
+    shards: &[PathBuf],
+) -> anyhow::Result<()> {
     if report.selected_uids > 0 && report.found_uids == 0 {
         anyhow::bail!(
-            "none of the {} uids of {} is in the {} input samples of {}: nothing was written",
+            "none of the {} uids of {} is in the {} input samples of {}: the output has no samples",
             report.selected_uids,
             subset.display(),
             report.input.accepted,

@@ -112,12 +112,7 @@ impl Counters {
     pub fn line(&self) -> String {
         let busy = self.busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let secs = if busy > 0.0 { busy } else { self.started.elapsed().as_secs_f64().max(1e-9) };
-        let (given, done, failures, failed) = (
-            self.given.load(Ordering::Relaxed),
-            self.done.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.failed_now.load(Ordering::Relaxed),
-        );
+        let failed = self.failed_now.load(Ordering::Relaxed);
         let interrupted = self.interrupted.load(Ordering::Relaxed);
         let rows = self.rows.load(Ordering::Relaxed);
         let rejects = self.rejects.lock().map(|r| r.clone()).unwrap_or_default();
@@ -133,7 +128,7 @@ impl Counters {
         let mut s = format!(
             "shards {pool_shards} in the pool{}, {} pending{}{} · {pool_rows} samples · read {rows} ({:.0}/s busy) · rejects {total}",
             if replayed > 0 { format!(" ({replayed} replayed)") } else { String::new() },
-            given.saturating_sub(done + failures),
+            self.pending(),
             if failed > 0 { format!(", {failed} failed") } else { String::new() },
             if interrupted > 0 { format!(", {interrupted} interrupted") } else { String::new() },
             rows as f64 / secs,

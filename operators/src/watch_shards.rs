@@ -339,13 +339,18 @@ impl Waiting {
         }
     }
 
-    /// What the shard waits for, in words.
+    /// The [`Waiting`] named `key` by [`Waiting::key`] (as the manifest's `waiting` names it).
+    pub fn from_key(key: &str) -> Option<Self> {
+        [Waiting::Marker, Waiting::Sidecars, Waiting::Tar, Waiting::Files].into_iter().find(|w| w.key() == key)
+    }
+
+    /// What shards that wait this way wait for, in words.
     pub fn what(self) -> &'static str {
         match self {
-            Waiting::Marker => "a completion marker (<name>_stats.json or <name>.done)",
-            Waiting::Sidecars => "sidecars (<name>.parquet and <name>.npz; --embeddings sidecar)",
-            Waiting::Tar => "its tar (sidecar files without their pair, or --embeddings model)",
-            Waiting::Files => "its files to be readable",
+            Waiting::Marker => "their completion markers (<name>_stats.json or <name>.done; --arrival)",
+            Waiting::Sidecars => "their sidecars (<name>.parquet and <name>.npz; --embeddings sidecar)",
+            Waiting::Tar => "their tars (sidecar files without their pair, or --embeddings model)",
+            Waiting::Files => "their files to be readable",
         }
     }
 }

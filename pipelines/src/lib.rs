@@ -40,7 +40,7 @@ pub use curate::{
 pub(crate) use error::Context;
 pub use error::{Error, Result, report};
 pub use flight::{FlightOptions, serve, serve_until_stopped, spawn as spawn_flight};
-pub use flyt_operators::{arrival_rule, dir_shows_marker_layout};
+pub use flyt_operators::{Waiting, arrival_rule, dir_shows_marker_layout};
 pub use jobs::{
     Arch, ClustersConfig, ClustersReport, DOWNSTREAM_LOGIT_SCALE, DownstreamConfig, DownstreamReport, Dtype,
     EmbedBenchConfig, EmbedBenchReport, EmbedConfig, EmbedReport, EmbeddedShard, FilterConfig, FilterMethod,
