@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
     /// When a shard counts as arrived: `auto` (the default: `marker` in a directory that shows img2dataset's
-    /// layout, its `_tmp/` or any `*_stats.json`, else `rename`), `rename` (as soon as it is visible under its
+    /// layout, its `_tmp/` or a `<name>_stats.json` beside a `<name>.tar`, else `rename`), `rename` (as soon as it is visible under its
     /// final name) or `marker` (once its `<stem>_stats.json` or `<stem>.done` exists).
     #[arg(long)]
     pub arrival: Option<Arrival>,

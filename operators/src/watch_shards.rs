@@ -23,8 +23,8 @@ use crate::{Counters, PoolRow, pool_rows};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
-    /// `marker` in a directory that shows img2dataset's layout (its `_tmp/` folder while it runs, or any
-    /// `*_stats.json`), `rename` elsewhere. img2dataset writes each `NNNNN.tar` under its final name and marks
+    /// `marker` in a directory that shows img2dataset's layout (its `_tmp/` folder while it runs, or a
+    /// `<name>_stats.json` beside a `<name>.tar`), `rename` elsewhere. img2dataset writes each `NNNNN.tar` under its final name and marks
     /// it complete with `NNNNN_stats.json`; a directory that shows the layout once keeps it for the run.
     Auto,
     /// As soon as it is visible under its final name: writers write to a temporary name (a leading `.`, or
@@ -149,7 +149,7 @@ pub struct Unit {
     pub npz: Option<PathBuf>,
     /// A completion marker (`<stem>_stats.json`, `<stem>.done`, `<tar>.done`).
     pub marker: bool,
-    /// Its directory shows a writer that marks completion (img2dataset's `_tmp/` or any `*_stats.json`):
+    /// Its directory shows a writer that marks completion (img2dataset's `_tmp/`, or a `<name>_stats.json` beside a `<name>.tar`):
     /// under `--arrival auto` it waits for its marker.
     pub marked_dir: bool,
 }
@@ -171,10 +171,10 @@ pub fn arrival_rule(arrival: Arrival, marked: bool) -> &'static str {
             "--arrival rename: a shard is read as soon as it is visible under its final name (writers must rename it into place)"
         }
         (Arrival::Auto, true) => {
-            "--arrival auto: img2dataset's layout (_tmp/ or *_stats.json): a shard is read once its <name>_stats.json exists"
+            "--arrival auto: img2dataset's layout (_tmp/, or <name>_stats.json beside <name>.tar): a shard is read once its <name>_stats.json exists"
         }
         (Arrival::Auto, false) => {
-            "--arrival auto: no completion markers (yet): a shard is read as soon as it is visible under its final name, until img2dataset's _tmp/ or a *_stats.json appears (a writer that writes in place without them needs --arrival marker)"
+            "--arrival auto: no completion markers (yet): a shard is read as soon as it is visible under its final name, until img2dataset's _tmp/ or a <name>_stats.json beside its tar appears (a writer that writes in place without them needs --arrival marker)"
         }
     }
 }
@@ -855,7 +855,7 @@ mod tests {
     }
 
     /// Under the old default (`rename`) a tar img2dataset was still writing in place was read half. Under
-    /// `auto`, a directory with img2dataset's `_tmp/` (or any `_stats.json`) makes its shards wait for their
+    /// `auto`, a directory with img2dataset's `_tmp/` (or a `<name>_stats.json` beside its tar) makes its shards wait for their
     /// markers, and keeps doing so after `_tmp/` is gone; elsewhere a shard is read as soon as it is there.
     #[test]
     fn auto_arrival_waited_for_nothing_in_img2datasets_directory() {
