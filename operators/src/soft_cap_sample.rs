@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
 use flyt::Uid;
-use flyt::sampling::{IncrementalScs, Target};
+use flyt::sampling::{ScsAsk, ScsCoordinator, ScsPart, ScsReply, Target};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::order::TotalOrder;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Capability, ConnectLoop, Enter, Leave, LoopVariable};
+use timely::order::{Product, TotalOrder};
 use timely::progress::Timestamp;
 
 /// What a [`SoftCapSample`] operator has seen (shared with the caller, for stats).
@@ -29,11 +31,14 @@ pub struct ScsCounters {
 
 /// Soft Cap Sampling over a changing pool: the output collection holds each selected uid with its count as
 /// multiplicity, equal at every completed timestamp to [`flyt::sampling::scs`] over the pool as it then is
-/// (so it does not depend on arrival order or worker count).
+/// (so it does not depend on arrival order, worker count or process count).
 ///
-/// All `(uid, score)` updates go to one worker (SCS is one global sample; 24 bytes per example), which applies
-/// each completed timestamp's consolidated changes to an [`IncrementalScs`] — removals, then insertions — and
-/// emits the count changes. One timestamp is applied per activation.
+/// The pool is partitioned: `(uid, score)` updates are exchanged by uid, and each worker keeps the clocks of its
+/// own uids in an [`ScsPart`] (about N / W examples per worker). Global worker 0 runs the [`ScsCoordinator`],
+/// which finds the global threshold τ in rounds of a loop (an iterative scope): after a timestamp's updates
+/// every worker that changed reports its selected firings and pool size; the coordinator asks every worker
+/// questions whose answers are counts or a bounded list of firing times, then tells them τ. What crosses the
+/// network per timestamp is O(workers × the change), never the pool. Timestamps are settled one at a time.
 ///
 /// ```
 /// use differential_dataflow::input::Input;
@@ -66,6 +71,21 @@ pub trait SoftCapSample<'scope, T: Timestamp> {
     ) -> VecCollection<'scope, T, Uid>;
 }
 
+/// What a worker of the sampler sends on: an answer for the coordinator, or a count change of the sample.
+#[derive(Clone)]
+enum Out<T> {
+    Reply(T, u32, ScsReply),
+    Change(Uid, T, isize),
+}
+
+/// Messages held until their round, by key, with the capability to answer at it.
+type Rounds<T, K, D> = BTreeMap<K, (Capability<Product<T, u32>>, Vec<D>)>;
+
+/// The worker that holds `uid`'s clock.
+fn route(uid: &Uid) -> u64 {
+    (uid.high() ^ uid.low().rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
 impl<'scope, T> SoftCapSample<'scope, T> for VecCollection<'scope, T, (Uid, u64)>
 where
     T: Timestamp + TotalOrder + timely::ExchangeData,
@@ -77,34 +97,77 @@ where
         seed: u64,
         counters: Arc<ScsCounters>,
     ) -> VecCollection<'scope, T, Uid> {
-        let scope = self.inner.scope();
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<(Uid, T, isize)>>, _, _, _>(
-                Exchange::new(|_: &((Uid, u64), T, isize)| 0u64),
-                "SoftCapSample",
-                move |_cap, info| {
-                    let activator = scope.activator_for(info.address);
-                    let mut scs = IncrementalScs::new(alpha, target, seed).ok();
-                    if scs.is_none() {
+        let outer = self.inner.scope();
+        let peers = outer.peers();
+        let changes = outer.iterative::<u32, _, _>(|inner| {
+            // Questions and answers carry their round, (outer time, round), in the data.
+            let (handle, asks) = inner.loop_variable::<Vec<(T, u32, ScsAsk)>>(1);
+            let updates = self.inner.enter(inner);
+            let out = updates.binary_frontier::<_, CapacityContainerBuilder<Vec<Out<T>>>, _, _, _, _>(
+                asks.broadcast(),
+                Exchange::new(|((u, _), _, _): &((Uid, u64), T, isize)| route(u)),
+                Pipeline,
+                "SoftCapSamplePart",
+                |_cap, info| {
+                    let activator = inner.activator_for(info.address);
+                    let index = inner.index();
+                    let counters = counters.clone();
+                    let mut part = ScsPart::new(alpha, seed).ok();
+                    if part.is_none() {
                         tracing::error!(alpha, "SoftCapSample: bad parameters; nothing will be sampled");
                     }
-                    let mut stash: crate::embed_clip::Stash<T, ((Uid, u64), isize)> = BTreeMap::new();
-                    move |(input, frontier), output| {
+                    let mut stash: Rounds<T, T, ((Uid, u64), isize)> =
+                        BTreeMap::new();
+                    let mut questions: Rounds<T, (T, u32), ScsAsk> =
+                        BTreeMap::new();
+                    move |(input, frontier), (asked, asked_frontier), output| {
                         input.for_each(|cap, data| {
                             for (d, t, r) in data.drain(..) {
-                                let e = stash.entry(t.clone()).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                                let e = stash
+                                    .entry(t.clone())
+                                    .or_insert_with(|| (cap.delayed(&Product::new(t.clone(), 0), 0), Vec::new()));
                                 e.1.push((d, r));
                             }
                         });
-                        let Some(t) = stash.keys().next().cloned().filter(|t| !frontier.less_equal(t)) else {
+                        asked.for_each(|cap, data| {
+                            for (t, r, ask) in data.drain(..) {
+                                let e = questions
+                                    .entry((t.clone(), r))
+                                    .or_insert_with(|| (cap.delayed(&Product::new(t, r), 0), Vec::new()));
+                                e.1.push(ask);
+                            }
+                        });
+                        let Some(part) = part.as_mut() else {
+                            stash.clear();
+                            questions.clear();
                             return;
                         };
-                        let (cap, mut updates) = stash.remove(&t).expect("first key");
                         let started = std::time::Instant::now();
-                        consolidate(&mut updates);
-                        if let Some(scs) = scs.as_mut() {
-                            let removed: Vec<Uid> = updates.iter().filter(|(_, r)| *r < 0).map(|((u, _), _)| *u).collect();
-                            scs.remove(&removed);
+                        // The coordinator's questions, in round order.
+                        while let Some(((t, r), (cap, list))) = questions.pop_first() {
+                            let mut session = output.session(&cap);
+                            for ask in list {
+                                session.give(Out::Reply(t.clone(), r, part.answer(index, ask)));
+                                if matches!(ask, ScsAsk::Set { .. }) {
+                                    for (uid, delta) in part.changes() {
+                                        session.give(Out::Change(uid, t.clone(), delta as isize));
+                                    }
+                                }
+                            }
+                        }
+                        // The next timestamp's updates, once they are complete and every earlier timestamp's
+                        // rounds are over.
+                        let ready = |t: &T| {
+                            !frontier.less_equal(&Product::new(t.clone(), 0))
+                                && asked_frontier.frontier().iter().all(|f| !f.outer.less_than(t))
+                        };
+                        let next = stash.keys().next().cloned().filter(ready);
+                        if let Some(t) = next {
+                            let (cap, mut updates) = stash.remove(&t).expect("first key");
+                            consolidate(&mut updates);
+                            let removed: Vec<Uid> =
+                                updates.iter().filter(|(_, r)| *r < 0).map(|((u, _), _)| *u).collect();
+                            part.remove(&removed);
                             let mut inserted: Vec<(Uid, f64)> = Vec::new();
                             for ((u, bits), r) in &updates {
                                 let s = f64::from_bits(*bits);
@@ -117,23 +180,74 @@ where
                                     }
                                 }
                             }
-                            if let Err(e) = scs.insert(&inserted) {
+                            if let Err(e) = part.insert(&inserted) {
                                 tracing::error!(error = %e, "SoftCapSample: insert refused");
                             }
-                            counters.pool.store(scs.len() as u64, Ordering::Relaxed);
-                            counters.target.store(scs.target(), Ordering::Relaxed);
                             let mut session = output.session(&cap);
-                            for (uid, delta) in scs.changes() {
-                                session.give((uid, t.clone(), delta as isize));
+                            session.give(Out::Reply(t.clone(), 0, part.state(index)));
+                            for (uid, delta) in part.changes() {
+                                session.give(Out::Change(uid, t.clone(), delta as isize));
                             }
-                            counters.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         }
-                        if stash.keys().next().is_some_and(|t| !frontier.less_equal(t)) {
+                        counters.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        if stash.keys().next().is_some_and(ready) {
                             activator.activate();
                         }
                     }
                 },
-            )
-            .as_collection()
+            );
+            let replies = out.clone().flat_map(|o| match o {
+                Out::Reply(t, r, reply) => Some((t, r, reply)),
+                Out::Change(..) => None,
+            });
+            replies
+                .unary_frontier::<CapacityContainerBuilder<Vec<(T, u32, ScsAsk)>>, _, _, _>(
+                    Exchange::new(|_: &(T, u32, ScsReply)| 0u64),
+                    "SoftCapSampleCoordinator",
+                    |_cap, info| {
+                        let activator = inner.activator_for(info.address);
+                        let mut coordinator = ScsCoordinator::new(target, peers).ok();
+                        let mut stash: Rounds<T, (T, u32), ScsReply> =
+                            BTreeMap::new();
+                        let done = |frontier: &timely::progress::frontier::MutableAntichain<Product<T, u32>>,
+                                    (t, r): &(T, u32)| !frontier.less_equal(&Product::new(t.clone(), *r));
+                        move |(input, frontier), output| {
+                            input.for_each(|cap, data| {
+                                for (t, r, reply) in data.drain(..) {
+                                    let e = stash
+                                        .entry((t.clone(), r))
+                                        .or_insert_with(|| (cap.delayed(&Product::new(t, r), 0), Vec::new()));
+                                    e.1.push(reply);
+                                }
+                            });
+                            // One round per activation: the earliest whose answers are all in.
+                            let Some(time) = stash.keys().next().cloned().filter(|p| done(frontier, p)) else {
+                                return;
+                            };
+                            let (cap, replies) = stash.remove(&time).expect("first key");
+                            let Some(coordinator) = coordinator.as_mut() else { return };
+                            let started = std::time::Instant::now();
+                            match coordinator.step(&replies) {
+                                Ok(Some(ask)) => output.session(&cap).give((time.0.clone(), time.1 + 1, ask)),
+                                Ok(None) => {}
+                                Err(e) => tracing::error!(error = %e, "SoftCapSample: the sample could not be settled"),
+                            }
+                            counters.pool.store(coordinator.pool(), Ordering::Relaxed);
+                            counters.target.store(coordinator.target(), Ordering::Relaxed);
+                            counters.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            if stash.keys().next().is_some_and(|p| done(frontier, p)) {
+                                activator.activate();
+                            }
+                        }
+                    },
+                )
+                .connect_loop(handle);
+            out.flat_map(|o| match o {
+                Out::Change(uid, t, d) => Some((uid, t, d)),
+                Out::Reply(..) => None,
+            })
+            .leave(outer)
+        });
+        changes.as_collection()
     }
 }

@@ -21,7 +21,7 @@ fn clock_base(seed: u64, uid: Uid) -> u64 {
 
 /// The log firing times `ln t_{i,1} < ln t_{i,2} < …` of one example's clock (see [`scs`]).
 #[derive(Clone)]
-struct Firings {
+pub(super) struct Firings {
     base: u64,
     score: f64,
     alpha: f64,
@@ -38,7 +38,7 @@ impl Firings {
         Firings::new(seed, uid, score, alpha).nth(k as usize - 1).unwrap_or(f64::INFINITY)
     }
     /// Firings at or before log-time `tau`.
-    fn count_until(self, tau: f64) -> u32 {
+    pub(super) fn count_until(self, tau: f64) -> u32 {
         self.take_while(|&t| t <= tau).count() as u32
     }
 }
@@ -63,10 +63,15 @@ impl Iterator for Firings {
     }
 }
 
-fn check_params(alpha: f64, n: usize, target: u64) -> Result<()> {
+pub(super) fn check_alpha(alpha: f64) -> Result<()> {
     if alpha.is_nan() || alpha < 0.0 {
         return Err(Error::Config(format!("alpha must be ≥ 0, got {alpha}")));
     }
+    Ok(())
+}
+
+fn check_params(alpha: f64, n: usize, target: u64) -> Result<()> {
+    check_alpha(alpha)?;
     if target > 0 && n == 0 {
         return Err(Error::Config("cannot sample from an empty pool".into()));
     }
@@ -353,7 +358,7 @@ impl Target {
 }
 
 #[derive(Copy, Clone, PartialEq)]
-struct Time(f64);
+pub(super) struct Time(f64);
 impl Eq for Time {}
 impl PartialOrd for Time {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
@@ -366,11 +371,256 @@ impl Ord for Time {
     }
 }
 
-struct Slot {
-    uid: Uid,
-    score: f64,
-    count: u32,
-    alive: bool,
+pub(super) struct Slot {
+    pub(super) uid: Uid,
+    pub(super) score: f64,
+    pub(super) count: u32,
+    pub(super) alive: bool,
+}
+
+/// The clocks of a changing set of examples, each with a count of selected firings: every live example's next
+/// firing in a min-heap and every selected example's latest firing in a max-heap (entries are stamped with the
+/// count they were pushed at; stale ones are skipped and compacted away). [`IncrementalScs`] moves firings until
+/// exactly T are selected; [`super::ScsPart`] until exactly those at or before a threshold are.
+pub(super) struct Clocks {
+    pub(super) alpha: f64,
+    pub(super) seed: u64,
+    index: HashMap<Uid, u32>,
+    pub(super) slots: Vec<Slot>,
+    /// Slots free for reuse: dead, and with no heap entries left (moved here from `dead` by compaction, so a
+    /// stale entry of a former occupant can never pass for the new one's).
+    free: Vec<u32>,
+    /// Slots of removed examples that may still have stale heap entries.
+    dead: Vec<u32>,
+    pub(super) alive: usize,
+    pub(super) selected: u64,
+    next: BinaryHeap<Reverse<(Time, u32, u32)>>,
+    last: BinaryHeap<(Time, u32, u32)>,
+    /// The count each uid had at the last [`Clocks::changes`], for uids touched since.
+    pending: HashMap<Uid, u32>,
+}
+
+impl Clocks {
+    pub(super) fn new(alpha: f64, seed: u64) -> Self {
+        Clocks {
+            alpha,
+            seed,
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            dead: Vec::new(),
+            alive: 0,
+            selected: 0,
+            next: BinaryHeap::new(),
+            last: BinaryHeap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The count of `uid` (0 when absent).
+    pub(super) fn count(&self, uid: Uid) -> u32 {
+        self.index.get(&uid).map_or(0, |&s| self.slots[s as usize].count)
+    }
+
+    pub(super) fn firings(&self, slot: usize) -> Firings {
+        let s = &self.slots[slot];
+        Firings::new(self.seed, s.uid, s.score, self.alpha)
+    }
+
+    fn time(&self, slot: u32, k: u32) -> f64 {
+        let s = &self.slots[slot as usize];
+        Firings::nth_time(self.seed, s.uid, s.score, self.alpha, k)
+    }
+
+    /// Checks a batch before [`Clocks::insert`]: finite scores, uids new to the pool and distinct.
+    pub(super) fn check_new(&self, batch: &[(Uid, f64)]) -> Result<()> {
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        for (i, (uid, s)) in batch.iter().enumerate() {
+            if !s.is_finite() {
+                return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
+            }
+            if self.index.contains_key(uid) || !seen.insert(*uid) {
+                return Err(Error::Config(format!("uid {uid} (row {i}) is already in the pool")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds checked examples with no firing selected.
+    pub(super) fn insert(&mut self, batch: &[(Uid, f64)]) {
+        for &(uid, score) in batch {
+            let slot = match self.free.pop() {
+                Some(s) => {
+                    self.slots[s as usize] = Slot { uid, score, count: 0, alive: true };
+                    s
+                }
+                None => {
+                    self.slots.push(Slot { uid, score, count: 0, alive: true });
+                    (self.slots.len() - 1) as u32
+                }
+            };
+            self.index.insert(uid, slot);
+            self.alive += 1;
+            let t = self.time(slot, 1);
+            self.next.push(Reverse((Time(t), slot, 0)));
+        }
+    }
+
+    /// Removes examples (uids not in the pool are ignored); returns how many were removed.
+    pub(super) fn remove(&mut self, uids: &[Uid]) -> usize {
+        let mut removed = 0;
+        for uid in uids {
+            if let Some(slot) = self.index.remove(uid) {
+                self.touch(slot);
+                let s = &mut self.slots[slot as usize];
+                self.selected -= s.count as u64;
+                s.count = 0;
+                s.alive = false;
+                self.alive -= 1;
+                self.dead.push(slot);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn valid(&self, slot: u32, stamp: u32) -> bool {
+        let s = &self.slots[slot as usize];
+        s.alive && s.count == stamp
+    }
+
+    /// The earliest unselected firing.
+    pub(super) fn peek_next(&mut self) -> Option<(f64, u32)> {
+        while let Some(&Reverse((Time(t), slot, stamp))) = self.next.peek() {
+            if self.valid(slot, stamp) {
+                return Some((t, slot));
+            }
+            self.next.pop();
+        }
+        None
+    }
+
+    /// The latest selected firing.
+    pub(super) fn peek_last(&mut self) -> Option<(f64, u32)> {
+        while let Some(&(Time(t), slot, stamp)) = self.last.peek() {
+            if stamp > 0 && self.valid(slot, stamp) {
+                return Some((t, slot));
+            }
+            self.last.pop();
+        }
+        None
+    }
+
+    /// Records a slot's count before it changes (once between two reads of the changes).
+    fn touch(&mut self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        self.pending.entry(s.uid).or_insert(s.count);
+    }
+
+    /// Selects the earliest unselected firing; returns its time.
+    pub(super) fn take_next(&mut self) -> Option<f64> {
+        let (t, slot) = self.peek_next()?;
+        self.next.pop();
+        self.touch(slot);
+        let s = &mut self.slots[slot as usize];
+        s.count += 1;
+        let c = s.count;
+        self.selected += 1;
+        self.last.push((Time(t), slot, c));
+        let after = self.time(slot, c + 1);
+        self.next.push(Reverse((Time(after), slot, c)));
+        Some(t)
+    }
+
+    /// Unselects the latest selected firing; returns its time.
+    pub(super) fn drop_last(&mut self) -> Option<f64> {
+        let (t, slot) = self.peek_last()?;
+        self.last.pop();
+        self.touch(slot);
+        let s = &mut self.slots[slot as usize];
+        s.count -= 1;
+        let c = s.count;
+        self.selected -= 1;
+        self.next.push(Reverse((Time(t), slot, c)));
+        if c > 0 {
+            let before = self.time(slot, c);
+            self.last.push((Time(before), slot, c));
+        }
+        Some(t)
+    }
+
+    /// Compacts the heaps when stale entries pile up.
+    pub(super) fn tidy(&mut self) {
+        if self.next.len() + self.last.len() > 4 * (self.alive + 1024) {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let next: Vec<_> = std::mem::take(&mut self.next).into_vec();
+        self.next = next.into_iter().filter(|Reverse((_, s, st))| self.valid(*s, *st)).collect();
+        let last: Vec<_> = std::mem::take(&mut self.last).into_vec();
+        self.last = last.into_iter().filter(|(_, s, st)| *st > 0 && self.valid(*s, *st)).collect();
+        self.free.append(&mut self.dead);
+    }
+
+    /// Sets every live example's count to its firings at or before `tau` in one pass over the pool and rebuilds
+    /// both heaps (for moves across many firings, where heap steps would cost more).
+    pub(super) fn rebuild(&mut self, tau: f64) {
+        let mut next = Vec::with_capacity(self.alive);
+        let mut last = Vec::new();
+        self.selected = 0;
+        for i in 0..self.slots.len() {
+            if !self.slots[i].alive {
+                continue;
+            }
+            let mut f = self.firings(i);
+            let (mut c, mut latest) = (0u32, f64::NEG_INFINITY);
+            let mut after = f64::INFINITY;
+            for t in f.by_ref() {
+                if t > tau {
+                    after = t;
+                    break;
+                }
+                c += 1;
+                latest = t;
+            }
+            if c != self.slots[i].count {
+                self.touch(i as u32);
+                self.slots[i].count = c;
+            }
+            self.selected += c as u64;
+            next.push(Reverse((Time(after), i as u32, c)));
+            if c > 0 {
+                last.push((Time(latest), i as u32, c));
+            }
+        }
+        self.next = next.into();
+        self.last = last.into();
+        self.free.append(&mut self.dead);
+    }
+
+    /// (uid, count) for every selected example, in uid order.
+    pub(super) fn counts(&self) -> Vec<(Uid, u32)> {
+        let mut v: Vec<(Uid, u32)> =
+            self.slots.iter().filter(|s| s.alive && s.count > 0).map(|s| (s.uid, s.count)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// (uid, count change) for every uid whose count changed since the last call, in uid order (a removed
+    /// example reports minus its former count).
+    pub(super) fn changes(&mut self) -> Vec<(Uid, i64)> {
+        let mut out: Vec<(Uid, i64)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|(uid, before)| {
+                let delta = self.count(uid) as i64 - before as i64;
+                (delta != 0).then_some((uid, delta))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 /// Soft Cap Sampling kept up to date as examples arrive and leave: always equal to [`scs`] over the current
@@ -393,49 +643,20 @@ struct Slot {
 /// assert!(pool.iter().zip(&batch).all(|((u, _), &c)| inc.count(*u) == c));
 /// ```
 pub struct IncrementalScs {
-    alpha: f64,
     target: Target,
-    seed: u64,
-    index: HashMap<Uid, u32>,
-    slots: Vec<Slot>,
-    /// Slots free for reuse: dead, and with no heap entries left (moved here from `dead` by compaction, so a
-    /// stale entry of a former occupant can never pass for the new one's).
-    free: Vec<u32>,
-    /// Slots of removed examples that may still have stale heap entries.
-    dead: Vec<u32>,
-    alive: usize,
-    selected: u64,
-    next: BinaryHeap<Reverse<(Time, u32, u32)>>,
-    last: BinaryHeap<(Time, u32, u32)>,
-    /// The count each uid had at the last [`IncrementalScs::changes`], for uids touched since.
-    pending: HashMap<Uid, u32>,
+    clocks: Clocks,
 }
 
 impl IncrementalScs {
     /// An empty sampler.
     pub fn new(alpha: f64, target: Target, seed: u64) -> Result<Self> {
-        if alpha.is_nan() || alpha < 0.0 {
-            return Err(Error::Config(format!("alpha must be ≥ 0, got {alpha}")));
-        }
+        check_alpha(alpha)?;
         if let Target::Ratio(r) = target
             && !(r >= 0.0 && r.is_finite())
         {
             return Err(Error::Config(format!("target ratio must be a finite number ≥ 0, got {r}")));
         }
-        Ok(IncrementalScs {
-            alpha,
-            target,
-            seed,
-            index: HashMap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            dead: Vec::new(),
-            alive: 0,
-            selected: 0,
-            next: BinaryHeap::new(),
-            last: BinaryHeap::new(),
-            pending: HashMap::new(),
-        })
+        Ok(IncrementalScs { target, clocks: Clocks::new(alpha, seed) })
     }
 
     /// A sampler over `pool`, initialised from the batch sampler [`scs`] in O(N + T) (much faster than
@@ -450,215 +671,94 @@ impl IncrementalScs {
                 if counts[i] > 0 { f.nth(counts[i] as usize - 1).unwrap_or(f64::INFINITY) } else { f64::NEG_INFINITY };
             (last, f.next().unwrap_or(f64::INFINITY))
         });
-        me.slots =
+        let c = &mut me.clocks;
+        c.slots =
             pool.iter().zip(&counts).map(|(&(uid, score), &count)| Slot { uid, score, count, alive: true }).collect();
-        me.index = pool.iter().enumerate().map(|(i, p)| (p.0, i as u32)).collect();
-        me.alive = pool.len();
-        me.selected = t;
-        me.next = times.iter().enumerate().map(|(i, tt)| Reverse((Time(tt.1), i as u32, counts[i]))).collect();
-        me.last = times
+        c.index = pool.iter().enumerate().map(|(i, p)| (p.0, i as u32)).collect();
+        c.alive = pool.len();
+        c.selected = t;
+        c.next = times.iter().enumerate().map(|(i, tt)| Reverse((Time(tt.1), i as u32, counts[i]))).collect();
+        c.last = times
             .iter()
             .enumerate()
             .filter(|(i, _)| counts[*i] > 0)
             .map(|(i, tt)| (Time(tt.0), i as u32, counts[i]))
             .collect();
-        me.pending = pool.iter().zip(&counts).filter(|(_, c)| **c > 0).map(|(p, _)| (p.0, 0)).collect();
+        c.pending = pool.iter().zip(&counts).filter(|(_, c)| **c > 0).map(|(p, _)| (p.0, 0)).collect();
         Ok(me)
     }
 
     /// Live examples.
     pub fn len(&self) -> usize {
-        self.alive
+        self.clocks.alive
     }
     /// Whether the pool is empty.
     pub fn is_empty(&self) -> bool {
-        self.alive == 0
+        self.clocks.alive == 0
     }
     /// The current T.
     pub fn target(&self) -> u64 {
-        self.target.for_pool(self.alive)
+        self.target.for_pool(self.clocks.alive)
     }
     /// The count of `uid` (0 when absent).
     pub fn count(&self, uid: Uid) -> u32 {
-        self.index.get(&uid).map_or(0, |&s| self.slots[s as usize].count)
-    }
-
-    fn time(&self, slot: u32, k: u32) -> f64 {
-        let s = &self.slots[slot as usize];
-        Firings::nth_time(self.seed, s.uid, s.score, self.alpha, k)
+        self.clocks.count(uid)
     }
 
     /// Adds examples. A uid already in the pool, a repeated uid or a non-finite score rejects the whole batch
     /// (nothing changes) with an error naming the row.
     pub fn insert(&mut self, batch: &[(Uid, f64)]) -> Result<()> {
-        let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        for (i, (uid, s)) in batch.iter().enumerate() {
-            if !s.is_finite() {
-                return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
-            }
-            if self.index.contains_key(uid) || !seen.insert(*uid) {
-                return Err(Error::Config(format!("uid {uid} (row {i}) is already in the pool")));
-            }
-        }
-        if self.alpha.is_infinite()
-            && self.target.for_pool(self.alive + batch.len()) > (self.alive + batch.len()) as u64
-        {
+        self.clocks.check_new(batch)?;
+        let n = self.clocks.alive + batch.len();
+        if self.clocks.alpha.is_infinite() && self.target.for_pool(n) > n as u64 {
             return Err(Error::Config("alpha = ∞ samples without replacement: the target exceeds the pool".into()));
         }
-        for &(uid, score) in batch {
-            let slot = match self.free.pop() {
-                Some(s) => {
-                    self.slots[s as usize] = Slot { uid, score, count: 0, alive: true };
-                    s
-                }
-                None => {
-                    self.slots.push(Slot { uid, score, count: 0, alive: true });
-                    (self.slots.len() - 1) as u32
-                }
-            };
-            self.index.insert(uid, slot);
-            self.alive += 1;
-            let t = self.time(slot, 1);
-            self.next.push(Reverse((Time(t), slot, 0)));
-        }
+        self.clocks.insert(batch);
         self.rebalance();
         Ok(())
     }
 
     /// Removes examples (uids not in the pool are ignored); returns how many were removed.
     pub fn remove(&mut self, uids: &[Uid]) -> usize {
-        let mut removed = 0;
-        for uid in uids {
-            if let Some(slot) = self.index.remove(uid) {
-                self.touch(slot);
-                let s = &mut self.slots[slot as usize];
-                self.selected -= s.count as u64;
-                s.count = 0;
-                s.alive = false;
-                self.alive -= 1;
-                self.dead.push(slot);
-                removed += 1;
-            }
-        }
+        let removed = self.clocks.remove(uids);
         self.rebalance();
         removed
     }
 
-    fn valid(&self, slot: u32, stamp: u32) -> bool {
-        let s = &self.slots[slot as usize];
-        s.alive && s.count == stamp
-    }
-
-    fn peek_next(&mut self) -> Option<(f64, u32)> {
-        while let Some(&Reverse((Time(t), slot, stamp))) = self.next.peek() {
-            if self.valid(slot, stamp) {
-                return Some((t, slot));
-            }
-            self.next.pop();
-        }
-        None
-    }
-
-    fn peek_last(&mut self) -> Option<(f64, u32)> {
-        while let Some(&(Time(t), slot, stamp)) = self.last.peek() {
-            if stamp > 0 && self.valid(slot, stamp) {
-                return Some((t, slot));
-            }
-            self.last.pop();
-        }
-        None
-    }
-
-    /// Records a slot's count before it changes (once between two reads of the changes).
-    fn touch(&mut self, slot: u32) {
-        let s = &self.slots[slot as usize];
-        self.pending.entry(s.uid).or_insert(s.count);
-    }
-
-    fn take_next(&mut self) -> bool {
-        let Some((t, slot)) = self.peek_next() else { return false };
-        self.next.pop();
-        self.touch(slot);
-        let s = &mut self.slots[slot as usize];
-        s.count += 1;
-        let c = s.count;
-        self.selected += 1;
-        self.last.push((Time(t), slot, c));
-        let after = self.time(slot, c + 1);
-        self.next.push(Reverse((Time(after), slot, c)));
-        true
-    }
-
-    fn drop_last(&mut self) -> bool {
-        let Some((t, slot)) = self.peek_last() else { return false };
-        self.last.pop();
-        self.touch(slot);
-        let s = &mut self.slots[slot as usize];
-        s.count -= 1;
-        let c = s.count;
-        self.selected -= 1;
-        self.next.push(Reverse((Time(t), slot, c)));
-        if c > 0 {
-            let before = self.time(slot, c);
-            self.last.push((Time(before), slot, c));
-        }
-        true
-    }
-
     fn rebalance(&mut self) {
         let target = self.target();
+        let c = &mut self.clocks;
         loop {
-            if self.selected < target {
-                if !self.take_next() {
+            if c.selected < target {
+                if c.take_next().is_none() {
                     break;
                 }
-            } else if self.selected > target {
-                if !self.drop_last() {
+            } else if c.selected > target {
+                if c.drop_last().is_none() {
                     break;
                 }
             } else {
-                match (self.peek_next(), self.peek_last()) {
+                match (c.peek_next(), c.peek_last()) {
                     (Some((tn, _)), Some((tl, _))) if tn < tl => {
-                        self.take_next();
-                        self.drop_last();
+                        c.take_next();
+                        c.drop_last();
                     }
                     _ => break,
                 }
             }
         }
-        if self.next.len() + self.last.len() > 4 * (self.alive + 1024) {
-            self.compact();
-        }
-    }
-
-    fn compact(&mut self) {
-        let next: Vec<_> = std::mem::take(&mut self.next).into_vec();
-        self.next = next.into_iter().filter(|Reverse((_, s, st))| self.valid(*s, *st)).collect();
-        let last: Vec<_> = std::mem::take(&mut self.last).into_vec();
-        self.last = last.into_iter().filter(|(_, s, st)| *st > 0 && self.valid(*s, *st)).collect();
-        self.free.append(&mut self.dead);
+        c.tidy();
     }
 
     /// (uid, count) for every selected example, in uid order.
     pub fn counts(&self) -> Vec<(Uid, u32)> {
-        let mut v: Vec<(Uid, u32)> =
-            self.slots.iter().filter(|s| s.alive && s.count > 0).map(|s| (s.uid, s.count)).collect();
-        v.sort_unstable();
-        v
+        self.clocks.counts()
     }
 
     /// (uid, count change) for every uid whose count changed since the last call, in uid order (a removed
     /// example reports minus its former count).
     pub fn changes(&mut self) -> Vec<(Uid, i64)> {
-        let mut out: Vec<(Uid, i64)> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .filter_map(|(uid, before)| {
-                let delta = self.count(uid) as i64 - before as i64;
-                (delta != 0).then_some((uid, delta))
-            })
-            .collect();
-        out.sort_unstable();
-        out
+        self.clocks.changes()
     }
 }
 

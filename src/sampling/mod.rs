@@ -6,9 +6,11 @@
 //! are put in uid order before any randomness is drawn, so input order never changes a result.
 
 mod clocks;
+mod partition;
 mod rounds;
 
 pub use clocks::{IncrementalScs, Target, scs, scs_threads};
+pub use partition::{ScsAsk, ScsCoordinator, ScsPart, ScsReply, settle_parts};
 pub use rounds::{hcs, scs_rounds, topk};
 
 use crate::{Error, Result, Uid};
