@@ -396,8 +396,9 @@ pub(super) struct Clocks {
     pub(super) selected: u64,
     next: BinaryHeap<Reverse<(Time, u32, u32)>>,
     last: BinaryHeap<(Time, u32, u32)>,
-    /// The count each uid had at the last [`Clocks::changes`], for uids touched since.
-    pending: HashMap<Uid, u32>,
+    /// The count each slot had at the last [`Clocks::changes`], for slots touched since (a dead slot stays out of
+    /// `free` while it is here, so its uid is still there to report).
+    pending: HashMap<u32, u32>,
 }
 
 impl Clocks {
@@ -432,22 +433,26 @@ impl Clocks {
         Firings::nth_time(self.seed, s.uid, s.score, self.alpha, k)
     }
 
-    /// Checks a batch before [`Clocks::insert`]: finite scores, uids new to the pool and distinct.
-    pub(super) fn check_new(&self, batch: &[(Uid, f64)]) -> Result<()> {
-        let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        for (i, (uid, s)) in batch.iter().enumerate() {
-            if !s.is_finite() {
-                return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
-            }
-            if self.index.contains_key(uid) || !seen.insert(*uid) {
+    /// Adds examples with no firing selected. A uid already in the pool, a repeated uid or a non-finite score
+    /// rejects the whole batch (nothing changes) with an error naming the row. (The uids are checked against
+    /// the index itself, with placeholders taken back on error: no second set of the batch's uids.)
+    pub(super) fn insert(&mut self, batch: &[(Uid, f64)]) -> Result<()> {
+        if let Some((i, (uid, s))) = batch.iter().enumerate().find(|(_, (_, s))| !s.is_finite()) {
+            return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
+        }
+        self.index.reserve(batch.len());
+        for (i, (uid, _)) in batch.iter().enumerate() {
+            if self.index.contains_key(uid) {
+                for (u, _) in &batch[..i] {
+                    self.index.remove(u);
+                }
                 return Err(Error::Config(format!("uid {uid} (row {i}) is already in the pool")));
             }
+            self.index.insert(*uid, u32::MAX);
         }
-        Ok(())
-    }
-
-    /// Adds checked examples with no firing selected.
-    pub(super) fn insert(&mut self, batch: &[(Uid, f64)]) {
+        let fresh = batch.len().saturating_sub(self.free.len());
+        self.slots.reserve(fresh);
+        self.next.reserve(batch.len());
         for &(uid, score) in batch {
             let slot = match self.free.pop() {
                 Some(s) => {
@@ -464,6 +469,7 @@ impl Clocks {
             let t = self.time(slot, 1);
             self.next.push(Reverse((Time(t), slot, 0)));
         }
+        Ok(())
     }
 
     /// Removes examples (uids not in the pool are ignored); returns how many were removed.
@@ -513,8 +519,17 @@ impl Clocks {
 
     /// Records a slot's count before it changes (once between two reads of the changes).
     fn touch(&mut self, slot: u32) {
-        let s = &self.slots[slot as usize];
-        self.pending.entry(s.uid).or_insert(s.count);
+        let count = self.slots[slot as usize].count;
+        self.pending.entry(slot).or_insert(count);
+    }
+
+    /// Makes dead slots free for reuse once no heap entry can name them, except those whose removal is still
+    /// to be reported.
+    fn free_dead(&mut self) {
+        let pending = &self.pending;
+        let (keep, free): (Vec<u32>, Vec<u32>) = self.dead.drain(..).partition(|s| pending.contains_key(s));
+        self.free.extend(free);
+        self.dead = keep;
     }
 
     /// Selects the earliest unselected firing; returns its time.
@@ -561,7 +576,7 @@ impl Clocks {
         self.next = next.into_iter().filter(|Reverse((_, s, st))| self.valid(*s, *st)).collect();
         let last: Vec<_> = std::mem::take(&mut self.last).into_vec();
         self.last = last.into_iter().filter(|(_, s, st)| *st > 0 && self.valid(*s, *st)).collect();
-        self.free.append(&mut self.dead);
+        self.free_dead();
     }
 
     /// Sets every live example's count to its firings at or before `tau` in one pass over the pool and rebuilds
@@ -597,7 +612,7 @@ impl Clocks {
         }
         self.next = next.into();
         self.last = last.into();
-        self.free.append(&mut self.dead);
+        self.free_dead();
     }
 
     /// (uid, count) for every selected example, in uid order.
@@ -613,12 +628,22 @@ impl Clocks {
     pub(super) fn changes(&mut self) -> Vec<(Uid, i64)> {
         let mut out: Vec<(Uid, i64)> = std::mem::take(&mut self.pending)
             .into_iter()
-            .filter_map(|(uid, before)| {
-                let delta = self.count(uid) as i64 - before as i64;
-                (delta != 0).then_some((uid, delta))
+            .filter_map(|(slot, before)| {
+                let s = &self.slots[slot as usize];
+                let delta = if s.alive { s.count as i64 } else { 0 } - before as i64;
+                (delta != 0).then_some((s.uid, delta))
             })
             .collect();
         out.sort_unstable();
+        // A uid removed and inserted again between two reads has two slots: one change.
+        out.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
+            }
+            same
+        });
+        out.retain(|c| c.1 != 0);
         out
     }
 }
@@ -684,7 +709,7 @@ impl IncrementalScs {
             .filter(|(i, _)| counts[*i] > 0)
             .map(|(i, tt)| (Time(tt.0), i as u32, counts[i]))
             .collect();
-        c.pending = pool.iter().zip(&counts).filter(|(_, c)| **c > 0).map(|(p, _)| (p.0, 0)).collect();
+        c.pending = counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| (i as u32, 0)).collect();
         Ok(me)
     }
 
@@ -708,12 +733,11 @@ impl IncrementalScs {
     /// Adds examples. A uid already in the pool, a repeated uid or a non-finite score rejects the whole batch
     /// (nothing changes) with an error naming the row.
     pub fn insert(&mut self, batch: &[(Uid, f64)]) -> Result<()> {
-        self.clocks.check_new(batch)?;
         let n = self.clocks.alive + batch.len();
         if self.clocks.alpha.is_infinite() && self.target.for_pool(n) > n as u64 {
             return Err(Error::Config("alpha = ∞ samples without replacement: the target exceeds the pool".into()));
         }
-        self.clocks.insert(batch);
+        self.clocks.insert(batch)?;
         self.rebalance();
         Ok(())
     }

@@ -94,8 +94,7 @@ impl ScsPart {
     /// Adds examples, selecting their firings at or before the current threshold. A uid already in the part, a
     /// repeated uid or a non-finite score rejects the whole batch (nothing changes) with an error naming the row.
     pub fn insert(&mut self, batch: &[(Uid, f64)]) -> Result<()> {
-        self.clocks.check_new(batch)?;
-        self.clocks.insert(batch);
+        self.clocks.insert(batch)?;
         self.settle();
         Ok(())
     }
