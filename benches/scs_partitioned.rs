@@ -85,7 +85,7 @@ fn child(n: u64, process: usize, ports: &[u16]) {
         for i in (index..n).step_by(peers as usize) {
             let (u, s) = row(i);
             input.update((u, s.to_bits()), 1);
-            if i % (1 << 20) < peers {
+            if i % (1 << 16) < peers {
                 worker.step(); // lets the sampler take what has arrived, so the input's queues stay short
             }
         }

@@ -168,10 +168,13 @@ where
                             let removed: Vec<Uid> =
                                 updates.iter().filter(|(_, r)| *r < 0).map(|((u, _), _)| *u).collect();
                             part.remove(&removed);
+                            // Inserted in pieces, so a big first batch needs no second copy of itself.
                             let mut inserted: Vec<(Uid, f64)> = Vec::new();
-                            for ((u, bits), r) in &updates {
-                                let s = f64::from_bits(*bits);
-                                if *r > 0 {
+                            let mut rows = updates.iter().filter(|(_, r)| *r > 0).peekable();
+                            while rows.peek().is_some() {
+                                inserted.clear();
+                                for ((u, bits), _) in rows.by_ref().take(1 << 16) {
+                                    let s = f64::from_bits(*bits);
                                     if s.is_finite() {
                                         inserted.push((*u, s));
                                     } else {
@@ -179,10 +182,11 @@ where
                                         tracing::warn!(uid = %u, score = s, "SoftCapSample: non-finite score; uid left out");
                                     }
                                 }
+                                if let Err(e) = part.insert(&inserted) {
+                                    tracing::error!(error = %e, "SoftCapSample: insert refused");
+                                }
                             }
-                            if let Err(e) = part.insert(&inserted) {
-                                tracing::error!(error = %e, "SoftCapSample: insert refused");
-                            }
+                            drop(updates);
                             let mut session = output.session(&cap);
                             session.give(Out::Reply(t.clone(), 0, part.state(index)));
                             for (uid, delta) in part.changes() {

@@ -4,6 +4,8 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 
+use hashbrown::HashTable;
+
 use crate::{Error, Result, Uid};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -12,6 +14,11 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The hash of a uid in the slot index.
+fn uid_hash(uid: &Uid) -> u64 {
+    mix(uid.high() ^ mix(uid.low()))
 }
 
 /// The seed of `uid`'s clock: a function of (seed, uid) alone.
@@ -385,7 +392,8 @@ pub(super) struct Slot {
 pub(super) struct Clocks {
     pub(super) alpha: f64,
     pub(super) seed: u64,
-    index: HashMap<Uid, u32>,
+    /// Slot by uid: a table of slot numbers hashed by their uid (5 bytes a bucket, not a map's 25).
+    index: HashTable<u32>,
     pub(super) slots: Vec<Slot>,
     /// Slots free for reuse: dead, and with no heap entries left (moved here from `dead` by compaction, so a
     /// stale entry of a former occupant can never pass for the new one's).
@@ -406,7 +414,7 @@ impl Clocks {
         Clocks {
             alpha,
             seed,
-            index: HashMap::new(),
+            index: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             dead: Vec::new(),
@@ -420,7 +428,12 @@ impl Clocks {
 
     /// The count of `uid` (0 when absent).
     pub(super) fn count(&self, uid: Uid) -> u32 {
-        self.index.get(&uid).map_or(0, |&s| self.slots[s as usize].count)
+        self.find(&uid).map_or(0, |s| self.slots[s as usize].count)
+    }
+
+    /// The slot of a live uid.
+    fn find(&self, uid: &Uid) -> Option<u32> {
+        self.index.find(uid_hash(uid), |&s| self.slots[s as usize].uid == *uid).copied()
     }
 
     pub(super) fn firings(&self, slot: usize) -> Firings {
@@ -434,22 +447,22 @@ impl Clocks {
     }
 
     /// Adds examples with no firing selected. A uid already in the pool, a repeated uid or a non-finite score
-    /// rejects the whole batch (nothing changes) with an error naming the row. (The uids are checked against
-    /// the index itself, with placeholders taken back on error: no second set of the batch's uids.)
+    /// rejects the whole batch (nothing changes) with an error naming the row.
     pub(super) fn insert(&mut self, batch: &[(Uid, f64)]) -> Result<()> {
         if let Some((i, (uid, s))) = batch.iter().enumerate().find(|(_, (_, s))| !s.is_finite()) {
             return Err(Error::Config(format!("score of uid {uid} (row {i}) is {s}, not a finite number")));
         }
-        self.index.reserve(batch.len());
-        for (i, (uid, _)) in batch.iter().enumerate() {
-            if self.index.contains_key(uid) {
-                for (u, _) in &batch[..i] {
-                    self.index.remove(u);
-                }
-                return Err(Error::Config(format!("uid {uid} (row {i}) is already in the pool")));
-            }
-            self.index.insert(*uid, u32::MAX);
+        if let Some((i, (uid, _))) = batch.iter().enumerate().find(|(_, (u, _))| self.find(u).is_some()) {
+            return Err(Error::Config(format!("uid {uid} (row {i}) is already in the pool")));
         }
+        let mut order: Vec<u32> = (0..batch.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| (batch[i as usize].0, i));
+        if let Some(w) = order.windows(2).find(|w| batch[w[0] as usize].0 == batch[w[1] as usize].0) {
+            return Err(Error::Config(format!("uid {} (row {}) is already in the pool", batch[w[1] as usize].0, w[1])));
+        }
+        drop(order);
+        let slots = &self.slots;
+        self.index.reserve(batch.len(), |&s| uid_hash(&slots[s as usize].uid));
         let fresh = batch.len().saturating_sub(self.free.len());
         self.slots.reserve(fresh);
         self.next.reserve(batch.len());
@@ -464,7 +477,8 @@ impl Clocks {
                     (self.slots.len() - 1) as u32
                 }
             };
-            self.index.insert(uid, slot);
+            let slots = &self.slots;
+            self.index.insert_unique(uid_hash(&uid), slot, |&s| uid_hash(&slots[s as usize].uid));
             self.alive += 1;
             let t = self.time(slot, 1);
             self.next.push(Reverse((Time(t), slot, 0)));
@@ -476,7 +490,10 @@ impl Clocks {
     pub(super) fn remove(&mut self, uids: &[Uid]) -> usize {
         let mut removed = 0;
         for uid in uids {
-            if let Some(slot) = self.index.remove(uid) {
+            let slots = &self.slots;
+            let found = self.index.find_entry(uid_hash(uid), |&s| slots[s as usize].uid == *uid).ok();
+            if let Some(entry) = found {
+                let (slot, _) = entry.remove();
                 self.touch(slot);
                 let s = &mut self.slots[slot as usize];
                 self.selected -= s.count as u64;
@@ -699,7 +716,11 @@ impl IncrementalScs {
         let c = &mut me.clocks;
         c.slots =
             pool.iter().zip(&counts).map(|(&(uid, score), &count)| Slot { uid, score, count, alive: true }).collect();
-        c.index = pool.iter().enumerate().map(|(i, p)| (p.0, i as u32)).collect();
+        c.index = HashTable::with_capacity(pool.len());
+        for (i, p) in pool.iter().enumerate() {
+            let slots = &c.slots;
+            c.index.insert_unique(uid_hash(&p.0), i as u32, |&s| uid_hash(&slots[s as usize].uid));
+        }
         c.alive = pool.len();
         c.selected = t;
         c.next = times.iter().enumerate().map(|(i, tt)| Reverse((Time(tt.1), i as u32, counts[i]))).collect();
