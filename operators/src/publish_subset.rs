@@ -332,6 +332,7 @@ fn publish(ctx: &PublishOptions, state: &mut State, frontier: u64) -> flyt::Resu
             "duplicate_rows": rows as i64 - state.pool,
             "scored": ctx.counters.scs.pool.load(Ordering::Relaxed),
             "non_finite_scores": ctx.counters.scs.non_finite.load(Ordering::Relaxed),
+            "refused_rows": ctx.counters.scs.refused.load(Ordering::Relaxed),
         },
         "dedup": dedup,
         "ingest": total,

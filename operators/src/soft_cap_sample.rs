@@ -11,8 +11,8 @@ use flyt::sampling::{ScsAsk, ScsCoordinator, ScsPart, ScsReply, Target};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, ConnectLoop, Enter, Leave, LoopVariable};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Capability, ConnectLoop, Enter, Leave, LoopVariable, OkErr};
 use timely::order::{Product, TotalOrder};
 use timely::progress::Timestamp;
 
@@ -25,6 +25,8 @@ pub struct ScsCounters {
     pub target: AtomicU64,
     /// Scores refused because they were not finite (NaN or ±∞); those uids stay out of the pool.
     pub non_finite: AtomicU64,
+    /// Rows refused because their uid was already in the pool (or came twice at one time).
+    pub refused: AtomicU64,
     /// Microseconds spent applying changes.
     pub micros: AtomicU64,
 }
@@ -168,18 +170,26 @@ where
                             let removed: Vec<Uid> =
                                 updates.iter().filter(|(_, r)| *r < 0).map(|((u, _), _)| *u).collect();
                             part.remove(&removed);
-                            // Inserted in pieces, so a big first batch needs no second copy of itself.
+                            // Inserted in pieces, so a big first batch needs no second copy of itself. A row whose
+                            // uid is already in the pool, or comes twice, is refused on its own (upstream keeps one
+                            // row per uid, so this is never expected).
                             let mut inserted: Vec<(Uid, f64)> = Vec::new();
                             let mut rows = updates.iter().filter(|(_, r)| *r > 0).peekable();
+                            let mut previous: Option<Uid> = None;
                             while rows.peek().is_some() {
                                 inserted.clear();
                                 for ((u, bits), _) in rows.by_ref().take(1 << 16) {
                                     let s = f64::from_bits(*bits);
-                                    if s.is_finite() {
-                                        inserted.push((*u, s));
-                                    } else {
+                                    let repeated = previous == Some(*u) || part.contains(*u);
+                                    previous = Some(*u);
+                                    if !s.is_finite() {
                                         counters.non_finite.fetch_add(1, Ordering::Relaxed);
                                         tracing::warn!(uid = %u, score = s, "SoftCapSample: non-finite score; uid left out");
+                                    } else if repeated {
+                                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                                        tracing::error!(uid = %u, "SoftCapSample: a second row for a uid in the pool; refused");
+                                    } else {
+                                        inserted.push((*u, s));
                                     }
                                 }
                                 if let Err(e) = part.insert(&inserted) {
@@ -200,9 +210,9 @@ where
                     }
                 },
             );
-            let replies = out.clone().flat_map(|o| match o {
-                Out::Reply(t, r, reply) => Some((t, r, reply)),
-                Out::Change(..) => None,
+            let (replies, changes) = out.ok_err::<Vec<_>, _, Vec<_>, _, _>(|o| match o {
+                Out::Reply(t, r, reply) => Ok((t, r, reply)),
+                Out::Change(uid, t, d) => Err((uid, t, d)),
             });
             replies
                 .unary_frontier::<CapacityContainerBuilder<Vec<(T, u32, ScsAsk)>>, _, _, _>(
@@ -210,7 +220,7 @@ where
                     "SoftCapSampleCoordinator",
                     |_cap, info| {
                         let activator = inner.activator_for(info.address);
-                        let mut coordinator = ScsCoordinator::new(target, peers).ok();
+                        let mut coordinator = ScsCoordinator::new(alpha, target, peers).ok();
                         let mut stash: Rounds<T, (T, u32), ScsReply> =
                             BTreeMap::new();
                         let done = |frontier: &timely::progress::frontier::MutableAntichain<Product<T, u32>>,
@@ -246,11 +256,7 @@ where
                     },
                 )
                 .connect_loop(handle);
-            out.flat_map(|o| match o {
-                Out::Change(uid, t, d) => Some((uid, t, d)),
-                Out::Reply(..) => None,
-            })
-            .leave(outer)
+            changes.leave(outer)
         });
         changes.as_collection()
     }

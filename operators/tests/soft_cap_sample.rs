@@ -112,3 +112,41 @@ fn every_worker_count_equals_the_batch_sampler_at_every_time() {
         }
     }
 }
+
+/// A second row for a uid already in the pool is refused on its own and counted; the other rows of its
+/// timestamp are sampled as if it were absent.
+#[test]
+fn a_repeated_uid_is_refused_alone() {
+    let pool: Vec<(Uid, f64)> = (0..3000u64).map(|i| (Uid::from_parts(9, i), (i % 17) as f64 * 0.3)).collect();
+    let counters = Arc::new(ScsCounters::default());
+    let got: Arc<Mutex<BTreeMap<Uid, isize>>> = Arc::default();
+    let (sink, c) = (got.clone(), counters.clone());
+    let input = pool.clone();
+    timely::execute(timely::Config::process(2), move |worker| {
+        let (sink, c) = (sink.clone(), c.clone());
+        let mut session: InputSession<u64, (Uid, u64), isize> = InputSession::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            session.to_collection(scope).soft_cap_sample(ALPHA, Target::Fixed(2000), SEED, c).inner.inspect(
+                move |(u, _, d)| {
+                    *sink.lock().unwrap().entry(*u).or_default() += d;
+                },
+            );
+        });
+        if worker.index() == 0 {
+            for (u, s) in &input {
+                session.update((*u, s.to_bits()), 1);
+            }
+            // The same uid as row 5 with another score, at the same time.
+            session.update((input[5].0, 99.0f64.to_bits()), 1);
+        }
+        session.close();
+    })
+    .unwrap();
+    assert_eq!(counters.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Of the two rows, the one with the smaller score bits stays (updates are consolidated in order).
+    let want = scs(&pool, ALPHA, 2000, SEED).unwrap();
+    let got = got.lock().unwrap();
+    for ((u, _), w) in pool.iter().zip(want) {
+        assert_eq!(got.get(u).copied().unwrap_or(0), w as isize, "{u}");
+    }
+}

@@ -382,12 +382,34 @@ pub(super) struct Slot {
     pub(super) uid: Uid,
     pub(super) score: f64,
     pub(super) count: u32,
-    pub(super) alive: bool,
+    /// Bumped at every change of `count` (heap entries carry the version they were pushed at, so each slot has
+    /// at most one valid entry per heap); [`DEAD`] for a removed example.
+    version: u32,
+}
+
+/// The version of a removed example's slot.
+const DEAD: u32 = u32::MAX;
+
+impl Slot {
+    fn new(uid: Uid, score: f64, count: u32) -> Self {
+        Slot { uid, score, count, version: 0 }
+    }
+    pub(super) fn alive(&self) -> bool {
+        self.version != DEAD
+    }
+    fn bump(&mut self) -> u32 {
+        self.version = self.version.wrapping_add(1);
+        if self.version == DEAD {
+            self.version = 0;
+        }
+        self.version
+    }
 }
 
 /// The clocks of a changing set of examples, each with a count of selected firings: every live example's next
 /// firing in a min-heap and every selected example's latest firing in a max-heap (entries are stamped with the
-/// count they were pushed at; stale ones are skipped and compacted away). [`IncrementalScs`] moves firings until
+/// slot's version when pushed; stale ones are skipped and compacted away). A clock with no finite firing left
+/// (α = ∞ after its first) has no next-heap entry. [`IncrementalScs`] moves firings until
 /// exactly T are selected; [`super::ScsPart`] until exactly those at or before a threshold are.
 pub(super) struct Clocks {
     pub(super) alpha: f64,
@@ -431,6 +453,11 @@ impl Clocks {
         self.find(&uid).map_or(0, |s| self.slots[s as usize].count)
     }
 
+    /// Whether `uid` is live.
+    pub(super) fn contains(&self, uid: Uid) -> bool {
+        self.find(&uid).is_some()
+    }
+
     /// The slot of a live uid.
     fn find(&self, uid: &Uid) -> Option<u32> {
         self.index.find(uid_hash(uid), |&s| self.slots[s as usize].uid == *uid).copied()
@@ -469,11 +496,11 @@ impl Clocks {
         for &(uid, score) in batch {
             let slot = match self.free.pop() {
                 Some(s) => {
-                    self.slots[s as usize] = Slot { uid, score, count: 0, alive: true };
+                    self.slots[s as usize] = Slot::new(uid, score, 0);
                     s
                 }
                 None => {
-                    self.slots.push(Slot { uid, score, count: 0, alive: true });
+                    self.slots.push(Slot::new(uid, score, 0));
                     (self.slots.len() - 1) as u32
                 }
             };
@@ -498,7 +525,7 @@ impl Clocks {
                 let s = &mut self.slots[slot as usize];
                 self.selected -= s.count as u64;
                 s.count = 0;
-                s.alive = false;
+                s.version = DEAD;
                 self.alive -= 1;
                 self.dead.push(slot);
                 removed += 1;
@@ -508,8 +535,7 @@ impl Clocks {
     }
 
     fn valid(&self, slot: u32, stamp: u32) -> bool {
-        let s = &self.slots[slot as usize];
-        s.alive && s.count == stamp
+        self.slots[slot as usize].version == stamp
     }
 
     /// The earliest unselected firing.
@@ -526,7 +552,7 @@ impl Clocks {
     /// The latest selected firing.
     pub(super) fn peek_last(&mut self) -> Option<(f64, u32)> {
         while let Some(&(Time(t), slot, stamp)) = self.last.peek() {
-            if stamp > 0 && self.valid(slot, stamp) {
+            if self.valid(slot, stamp) {
                 return Some((t, slot));
             }
             self.last.pop();
@@ -556,11 +582,13 @@ impl Clocks {
         self.touch(slot);
         let s = &mut self.slots[slot as usize];
         s.count += 1;
-        let c = s.count;
+        let (c, v) = (s.count, s.bump());
         self.selected += 1;
-        self.last.push((Time(t), slot, c));
+        self.last.push((Time(t), slot, v));
         let after = self.time(slot, c + 1);
-        self.next.push(Reverse((Time(after), slot, c)));
+        if after < f64::INFINITY {
+            self.next.push(Reverse((Time(after), slot, v)));
+        }
         Some(t)
     }
 
@@ -571,12 +599,12 @@ impl Clocks {
         self.touch(slot);
         let s = &mut self.slots[slot as usize];
         s.count -= 1;
-        let c = s.count;
+        let (c, v) = (s.count, s.bump());
         self.selected -= 1;
-        self.next.push(Reverse((Time(t), slot, c)));
+        self.next.push(Reverse((Time(t), slot, v)));
         if c > 0 {
             let before = self.time(slot, c);
-            self.last.push((Time(before), slot, c));
+            self.last.push((Time(before), slot, v));
         }
         Some(t)
     }
@@ -592,18 +620,21 @@ impl Clocks {
         let next: Vec<_> = std::mem::take(&mut self.next).into_vec();
         self.next = next.into_iter().filter(|Reverse((_, s, st))| self.valid(*s, *st)).collect();
         let last: Vec<_> = std::mem::take(&mut self.last).into_vec();
-        self.last = last.into_iter().filter(|(_, s, st)| *st > 0 && self.valid(*s, *st)).collect();
+        self.last = last.into_iter().filter(|(_, s, st)| self.valid(*s, *st)).collect();
         self.free_dead();
     }
 
     /// Sets every live example's count to its firings at or before `tau` in one pass over the pool and rebuilds
     /// both heaps (for moves across many firings, where heap steps would cost more).
     pub(super) fn rebuild(&mut self, tau: f64) {
+        // The old heaps go first: they may hold several entries per example.
+        drop(std::mem::take(&mut self.next));
+        drop(std::mem::take(&mut self.last));
         let mut next = Vec::with_capacity(self.alive);
         let mut last = Vec::new();
         self.selected = 0;
         for i in 0..self.slots.len() {
-            if !self.slots[i].alive {
+            if !self.slots[i].alive() {
                 continue;
             }
             let mut f = self.firings(i);
@@ -621,10 +652,13 @@ impl Clocks {
                 self.touch(i as u32);
                 self.slots[i].count = c;
             }
+            let v = self.slots[i].bump();
             self.selected += c as u64;
-            next.push(Reverse((Time(after), i as u32, c)));
+            if after < f64::INFINITY {
+                next.push(Reverse((Time(after), i as u32, v)));
+            }
             if c > 0 {
-                last.push((Time(latest), i as u32, c));
+                last.push((Time(latest), i as u32, v));
             }
         }
         self.next = next.into();
@@ -635,7 +669,7 @@ impl Clocks {
     /// (uid, count) for every selected example, in uid order.
     pub(super) fn counts(&self) -> Vec<(Uid, u32)> {
         let mut v: Vec<(Uid, u32)> =
-            self.slots.iter().filter(|s| s.alive && s.count > 0).map(|s| (s.uid, s.count)).collect();
+            self.slots.iter().filter(|s| s.alive() && s.count > 0).map(|s| (s.uid, s.count)).collect();
         v.sort_unstable();
         v
     }
@@ -647,7 +681,7 @@ impl Clocks {
             .into_iter()
             .filter_map(|(slot, before)| {
                 let s = &self.slots[slot as usize];
-                let delta = if s.alive { s.count as i64 } else { 0 } - before as i64;
+                let delta = if s.alive() { s.count as i64 } else { 0 } - before as i64;
                 (delta != 0).then_some((s.uid, delta))
             })
             .collect();
@@ -714,8 +748,7 @@ impl IncrementalScs {
             (last, f.next().unwrap_or(f64::INFINITY))
         });
         let c = &mut me.clocks;
-        c.slots =
-            pool.iter().zip(&counts).map(|(&(uid, score), &count)| Slot { uid, score, count, alive: true }).collect();
+        c.slots = pool.iter().zip(&counts).map(|(&(uid, score), &count)| Slot::new(uid, score, count)).collect();
         c.index = HashTable::with_capacity(pool.len());
         for (i, p) in pool.iter().enumerate() {
             let slots = &c.slots;
@@ -723,13 +756,14 @@ impl IncrementalScs {
         }
         c.alive = pool.len();
         c.selected = t;
-        c.next = times.iter().enumerate().map(|(i, tt)| Reverse((Time(tt.1), i as u32, counts[i]))).collect();
-        c.last = times
+        c.next = times
             .iter()
             .enumerate()
-            .filter(|(i, _)| counts[*i] > 0)
-            .map(|(i, tt)| (Time(tt.0), i as u32, counts[i]))
+            .filter(|(_, tt)| tt.1 < f64::INFINITY)
+            .map(|(i, tt)| Reverse((Time(tt.1), i as u32, 0)))
             .collect();
+        c.last =
+            times.iter().enumerate().filter(|(i, _)| counts[*i] > 0).map(|(i, tt)| (Time(tt.0), i as u32, 0)).collect();
         c.pending = counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| (i as u32, 0)).collect();
         Ok(me)
     }

@@ -85,6 +85,10 @@ impl ScsPart {
     pub fn count(&self, uid: Uid) -> u32 {
         self.clocks.count(uid)
     }
+    /// Whether `uid` is in the part.
+    pub fn contains(&self, uid: Uid) -> bool {
+        self.clocks.contains(uid)
+    }
 
     /// Its state, as reported to the coordinator.
     pub fn state(&self, part: usize) -> ScsReply {
@@ -125,21 +129,23 @@ impl ScsPart {
         match ask {
             ScsAsk::Count(x) => {
                 if x == f64::NEG_INFINITY {
-                    let max = c.slots.iter().filter(|s| s.alive).map(|s| s.score).fold(f64::NEG_INFINITY, f64::max);
-                    let sum: f64 = c.slots.iter().filter(|s| s.alive).map(|s| (s.score - max).exp()).sum();
+                    let max = c.slots.iter().filter(|s| s.alive()).map(|s| s.score).fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = c.slots.iter().filter(|s| s.alive()).map(|s| (s.score - max).exp()).sum();
                     let log_sum = if c.alive == 0 { f64::NEG_INFINITY } else { max + sum.ln() };
                     return ScsReply::Count { count: 0, log_sum };
                 }
                 // (Most clocks stop at their first firing, after x.)
-                let count =
-                    (0..c.slots.len()).filter(|&i| c.slots[i].alive).map(|i| c.firings(i).count_until(x) as u64).sum();
+                let count = (0..c.slots.len())
+                    .filter(|&i| c.slots[i].alive())
+                    .map(|i| c.firings(i).count_until(x) as u64)
+                    .sum();
                 ScsReply::Count { count, log_sum: f64::NEG_INFINITY }
             }
             ScsAsk::Earliest(k) => ScsReply::Times((0..k).map_while(|_| c.take_next()).collect()),
             ScsAsk::Latest(k) => ScsReply::Times((0..k).map_while(|_| c.drop_last()).collect()),
             ScsAsk::Between(lo, hi) => {
                 let mut times = Vec::new();
-                for i in (0..c.slots.len()).filter(|&i| c.slots[i].alive) {
+                for i in (0..c.slots.len()).filter(|&i| c.slots[i].alive()) {
                     times.extend(c.firings(i).take_while(|&t| t <= hi).filter(|&t| t > lo));
                 }
                 ScsReply::Times(times)
@@ -208,6 +214,8 @@ enum Phase {
 /// Then every part is told τ and selects its firings at or before it.
 pub struct ScsCoordinator {
     target: Target,
+    /// α = ∞ samples without replacement: T is capped at the pool.
+    without_replacement: bool,
     tau: f64,
     parts: Vec<(u64, u64)>,
     phase: Phase,
@@ -215,8 +223,9 @@ pub struct ScsCoordinator {
 }
 
 impl ScsCoordinator {
-    /// A coordinator of `parts` empty parts.
-    pub fn new(target: Target, parts: usize) -> Result<Self> {
+    /// A coordinator of `parts` empty parts sampling with penalty `alpha`.
+    pub fn new(alpha: f64, target: Target, parts: usize) -> Result<Self> {
+        check_alpha(alpha)?;
         if let Target::Ratio(r) = target
             && !(r >= 0.0 && r.is_finite())
         {
@@ -224,6 +233,7 @@ impl ScsCoordinator {
         }
         Ok(ScsCoordinator {
             target,
+            without_replacement: alpha.is_infinite(),
             tau: f64::NEG_INFINITY,
             parts: vec![(0, 0); parts],
             phase: Phase::Idle,
@@ -231,7 +241,8 @@ impl ScsCoordinator {
         })
     }
 
-    /// With a smaller gather window (tests use it to exercise the bracket search on small pools).
+    /// With another least gather window (default 2¹⁶; the window is the larger of it and T / 256). Tests use a
+    /// small one to exercise the bracket search on small pools.
     pub fn with_window(mut self, window: u64) -> Self {
         self.window = window.max(1);
         self
@@ -241,9 +252,17 @@ impl ScsCoordinator {
     pub fn pool(&self) -> u64 {
         self.parts.iter().map(|p| p.1).sum()
     }
-    /// The current T.
+    /// The current T (with α = ∞, at most the pool: the batch sampler refuses more, a stream takes every example
+    /// once).
     pub fn target(&self) -> u64 {
-        self.target.for_pool(self.pool() as usize)
+        let t = self.target.for_pool(self.pool() as usize);
+        if self.without_replacement { t.min(self.pool()) } else { t }
+    }
+
+    /// The most firings gathered in one round from each part, and the bracket's width at which the search
+    /// gathers (the batch sampler's window).
+    fn window(&self) -> u64 {
+        self.window.max(self.target() / 256)
     }
     /// The current threshold.
     pub fn tau(&self) -> f64 {
@@ -253,6 +272,8 @@ impl ScsCoordinator {
     /// Takes a round's replies (the parts' states after a change, or the answers to the last question) and
     /// returns the next question for every part, or `None` when the parts' selection is the sample.
     pub fn step(&mut self, replies: &[ScsReply]) -> Result<Option<ScsAsk>> {
+        // An error leaves the coordinator idle: the next change starts afresh from the parts' states.
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         let mut times: Vec<f64> = Vec::new();
         let (mut count, mut log_sum, mut counted) = (0u64, f64::NEG_INFINITY, false);
         for r in replies {
@@ -275,7 +296,6 @@ impl ScsCoordinator {
         }
         let target = self.target();
         let selected: u64 = self.parts.iter().map(|p| p.0).sum();
-        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         match phase {
             Phase::Set => {
                 if selected != target {
@@ -350,11 +370,12 @@ impl ScsCoordinator {
         if selected == target {
             return None;
         }
+        let window = self.window();
         if target == 0 || self.pool() == 0 {
-            return (selected > 0).then(|| self.set(f64::NEG_INFINITY, selected > self.window));
+            return (selected > 0).then(|| self.set(f64::NEG_INFINITY, selected > window));
         }
         let k = selected.abs_diff(target);
-        if k <= self.window {
+        if k <= window {
             if selected < target {
                 self.phase = Phase::Earliest(k);
                 return Some(ScsAsk::Earliest(k));
@@ -390,7 +411,7 @@ impl ScsCoordinator {
     fn search(&mut self, mut s: Search, x: f64, c: u64, target: u64) -> Result<Option<ScsAsk>> {
         let g = |c: u64| (c as f64 + 1.0).ln() - (target as f64 + 1.0).ln();
         if s.lo.is_finite() && s.hi.is_finite() {
-            if s.c_hi - s.c_lo <= self.window || s.hi - s.lo <= 1e-12 * (s.hi.abs() + 1.0) {
+            if s.c_hi - s.c_lo <= self.window() || s.hi - s.lo <= 1e-12 * (s.hi.abs() + 1.0) {
                 self.phase = Phase::Between { c_lo: s.c_lo };
                 return Ok(Some(ScsAsk::Between(s.lo, s.hi)));
             }
@@ -481,11 +502,14 @@ mod tests {
             (3, 50, Target::Ratio(1.5), 0.3),
             (4, 7, Target::Fixed(5000), 0.15),
             (4, 1 << 16, Target::Ratio(0.5), f64::INFINITY),
+            // α = ∞ with T above the pool: every example once (T capped at the pool).
+            (3, 7, Target::Ratio(1.5), f64::INFINITY),
+            (2, 1 << 16, Target::Fixed(5000), f64::INFINITY),
             (2, 20, Target::Ratio(0.3), 0.0),
         ] {
             let seed = 11 + w as u64;
             let mut parts: Vec<ScsPart> = (0..w).map(|_| ScsPart::new(alpha, seed).unwrap()).collect();
-            let mut coord = ScsCoordinator::new(target, w).unwrap().with_window(window);
+            let mut coord = ScsCoordinator::new(alpha, target, w).unwrap().with_window(window);
             let mut shards: Vec<&[(Uid, f64)]> = all.chunks(500).collect();
             let mut r = crate::rng::SplitMix64::new(w as u64);
             for i in (1..shards.len()).rev() {
@@ -505,7 +529,9 @@ mod tests {
                 live.extend_from_slice(shard);
                 settle_parts(&mut coord, &mut parts).unwrap();
                 let what = format!("{w} parts, window {window}, {target:?}, α {alpha}, step {step}");
-                check(&parts, &live, alpha, target.for_pool(live.len()), seed, &what);
+                let t = target.for_pool(live.len());
+                let t = if alpha.is_infinite() { t.min(live.len() as u64) } else { t };
+                check(&parts, &live, alpha, t, seed, &what);
                 for p in parts.iter_mut() {
                     for (u, d) in p.changes() {
                         *sums.entry(u).or_default() += d;
@@ -521,7 +547,7 @@ mod tests {
 
     #[test]
     fn a_reply_from_an_unknown_part_is_an_error() {
-        let mut coord = ScsCoordinator::new(Target::Fixed(3), 2).unwrap();
+        let mut coord = ScsCoordinator::new(0.15, Target::Fixed(3), 2).unwrap();
         let err = coord.step(&[ScsReply::State { part: 2, selected: 0, len: 1 }]).unwrap_err();
         assert!(err.to_string().contains("part 2 of 2"), "{err}");
     }
