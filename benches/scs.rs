@@ -7,6 +7,9 @@
 //! Scores are N(0, 2.5²) (the paper notebook's demo distribution), α = 0.15. Under `cargo test` (no `--bench`)
 //! each mode runs once at a tiny size as a smoke test.
 
+mod peak_rss;
+use peak_rss::peak_rss_mb;
+
 use std::time::Instant;
 
 use flyt::Uid;
@@ -22,14 +25,6 @@ fn pool(n: usize, seed: u64) -> Vec<(Uid, f64)> {
             (Uid::from_parts(r.next_u64(), r.next_u64()), 2.5 * z)
         })
         .collect()
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {

@@ -9,6 +9,9 @@
 //! digests, Σ count · h(uid) over the output, so no process keeps the subset. Under `cargo test` (no `--bench`) it
 //! runs once at N = 20,000.
 
+mod peak_rss;
+use peak_rss::peak_rss_mb;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,14 +37,6 @@ fn row(i: u64) -> (Uid, f64) {
     let u2 = (b >> 11) as f64 / (1u64 << 53) as f64;
     let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
     (Uid::from_parts(mix(i), mix(!i)), 2.5 * z)
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// One process of a run: prints `RESULT digest1 digest2 samples seconds_batch seconds_step peak_rss_mb`.
