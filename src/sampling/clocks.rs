@@ -355,6 +355,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// Refuses a ratio that is negative or not finite.
+    pub(super) fn check(self) -> Result<()> {
+        match self {
+            Target::Ratio(r) if !(r >= 0.0 && r.is_finite()) => {
+                Err(Error::Config(format!("target ratio must be a finite number ≥ 0, got {r}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// T for a pool of `n`.
     pub fn for_pool(self, n: usize) -> u64 {
         match self {
@@ -727,11 +737,7 @@ impl IncrementalScs {
     /// An empty sampler.
     pub fn new(alpha: f64, target: Target, seed: u64) -> Result<Self> {
         check_alpha(alpha)?;
-        if let Target::Ratio(r) = target
-            && !(r >= 0.0 && r.is_finite())
-        {
-            return Err(Error::Config(format!("target ratio must be a finite number ≥ 0, got {r}")));
-        }
+        target.check()?;
         Ok(IncrementalScs { target, clocks: Clocks::new(alpha, seed) })
     }
 

@@ -226,11 +226,7 @@ impl ScsCoordinator {
     /// A coordinator of `parts` empty parts sampling with penalty `alpha`.
     pub fn new(alpha: f64, target: Target, parts: usize) -> Result<Self> {
         check_alpha(alpha)?;
-        if let Target::Ratio(r) = target
-            && !(r >= 0.0 && r.is_finite())
-        {
-            return Err(Error::Config(format!("target ratio must be a finite number ≥ 0, got {r}")));
-        }
+        target.check()?;
         Ok(ScsCoordinator {
             target,
             without_replacement: alpha.is_infinite(),
