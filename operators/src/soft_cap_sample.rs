@@ -12,7 +12,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, ConnectLoop, Enter, Leave, LoopVariable, OkErr};
+use timely::dataflow::operators::{Capability, ConnectLoop, Enter, InputCapability, Leave, LoopVariable, OkErr};
 use timely::order::{Product, TotalOrder};
 use timely::progress::Timestamp;
 
@@ -83,6 +83,17 @@ enum Out<T> {
 /// Messages held until their round, by key, with the capability to answer at it.
 type Rounds<T, K, D> = BTreeMap<K, (Capability<Product<T, u32>>, Vec<D>)>;
 
+/// Holds `item` under `key` until its round, with a capability for the round's time `at`.
+fn hold<T: Timestamp, K: Ord, D>(
+    rounds: &mut Rounds<T, K, D>,
+    key: K,
+    at: Product<T, u32>,
+    cap: &InputCapability<Product<T, u32>>,
+    item: D,
+) {
+    rounds.entry(key).or_insert_with(|| (cap.delayed(&at, 0), Vec::new())).1.push(item);
+}
+
 /// The worker that holds `uid`'s clock.
 fn route(uid: &Uid) -> u64 {
     (uid.high() ^ uid.low().rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
@@ -125,18 +136,12 @@ where
                     move |(input, frontier), (asked, asked_frontier), output| {
                         input.for_each(|cap, data| {
                             for (d, t, r) in data.drain(..) {
-                                let e = stash
-                                    .entry(t.clone())
-                                    .or_insert_with(|| (cap.delayed(&Product::new(t.clone(), 0), 0), Vec::new()));
-                                e.1.push((d, r));
+                                hold(&mut stash, t.clone(), Product::new(t, 0), &cap, (d, r));
                             }
                         });
                         asked.for_each(|cap, data| {
                             for (t, r, ask) in data.drain(..) {
-                                let e = questions
-                                    .entry((t.clone(), r))
-                                    .or_insert_with(|| (cap.delayed(&Product::new(t, r), 0), Vec::new()));
-                                e.1.push(ask);
+                                hold(&mut questions, (t.clone(), r), Product::new(t, r), &cap, ask);
                             }
                         });
                         let Some(part) = part.as_mut() else {
@@ -228,10 +233,7 @@ where
                         move |(input, frontier), output| {
                             input.for_each(|cap, data| {
                                 for (t, r, reply) in data.drain(..) {
-                                    let e = stash
-                                        .entry((t.clone(), r))
-                                        .or_insert_with(|| (cap.delayed(&Product::new(t, r), 0), Vec::new()));
-                                    e.1.push(reply);
+                                    hold(&mut stash, (t.clone(), r), Product::new(t, r), &cap, reply);
                                 }
                             });
                             // One round per activation: the earliest whose answers are all in.
