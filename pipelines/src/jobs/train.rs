@@ -478,29 +478,40 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
     let prefix = flyt_prefix(&pool_dir, c.embeddings.as_deref())?;
     let kind = if c.f64 { Kind::Double } else { Kind::Float };
     // In memory, or on disk (each step's rows read in place): the same rows, in the same order.
-    let (in_memory, on_disk) = if c.stream_pool {
-        (None, Some(flyt::PoolOnDisk::open(&pool_dir, &prefix)?))
+    let non_empty = |uids: &[Uid]| {
+        if uids.is_empty() {
+            return Err(Error::Incomplete(format!("{}: the pool has no rows", pool_dir.display())));
+        }
+        Ok(())
+    };
+    let mflyt_features = |uids: &[Uid]| -> Result<Option<Tensor>> {
+        Ok(match c.kind {
+            ModelKind::Mflyt => {
+                Some(matrix(&score_matrix(&c.scores, &c.columns, uids)?, c.columns.len(), dev).to_kind(kind))
+            }
+            ModelKind::Flyt => None,
+        })
+    };
+    let (dim, uids, pool_files, pool_prefix, upstream) = if c.stream_pool {
+        let pool = flyt::PoolOnDisk::open(&pool_dir, &prefix)?;
+        non_empty(&pool.uids)?;
+        // FLYT's [u; t] are read with each step's rows.
+        let features = mflyt_features(&pool.uids)?;
+        let (dim, uids, files, prefix) = (pool.dim, pool.uids.clone(), pool.files.clone(), Some(pool.prefix.clone()));
+        (dim, uids, files, prefix, Upstream::OnDisk(flyt::train::StreamedPool { pool, features, kind, device: dev }))
     } else {
-        (Some(flyt::read_pool(&pool_dir, &prefix)?), None)
-    };
-    let (dim, uids, pool_files, pool_prefix): (usize, Vec<Uid>, Vec<PathBuf>, Option<String>) =
-        match (&in_memory, &on_disk) {
-            (Some(p), _) => (p.dim, p.rows.iter().map(|r| r.uid).collect(), p.files.clone(), p.prefix.clone()),
-            (_, Some(p)) => (p.dim, p.uids.clone(), p.files.clone(), Some(p.prefix.clone())),
-            _ => unreachable!("one of the two is read"),
+        let pool = flyt::read_pool(&pool_dir, &prefix)?;
+        let uids: Vec<Uid> = pool.rows.iter().map(|r| r.uid).collect();
+        non_empty(&uids)?;
+        // The whole pool's normalised embeddings.
+        let image = l2_normalize(&matrix(&pool.image, pool.dim, dev)).to_kind(kind);
+        let text = l2_normalize(&matrix(&pool.text, pool.dim, dev)).to_kind(kind);
+        let features = match mflyt_features(&uids)? {
+            Some(f) => f,
+            None => Tensor::cat(&[&image, &text], 1),
         };
-    if uids.is_empty() {
-        return Err(Error::Incomplete(format!("{}: the pool has no rows", pool_dir.display())));
-    }
-    // The whole pool's normalised embeddings (in memory), or none (streamed).
-    let (image, text) = match &in_memory {
-        Some(pool) => (
-            Some(l2_normalize(&matrix(&pool.image, dim, dev)).to_kind(kind)),
-            Some(l2_normalize(&matrix(&pool.text, dim, dev)).to_kind(kind)),
-        ),
-        None => (None, None),
+        (pool.dim, uids, pool.files, pool.prefix, Upstream::InMemory(UpstreamPool { image, text, features }))
     };
-    drop(in_memory);
     let tasks: Vec<DownstreamTask> = c
         .downstream
         .iter()
@@ -514,14 +525,7 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         })
         .collect::<flyt::Result<_>>()?;
     let mut vs = tch::nn::VarStore::new(dev);
-    let features = match (c.kind, &image, &text) {
-        (ModelKind::Mflyt, _, _) => {
-            Some(matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev).to_kind(kind))
-        }
-        (ModelKind::Flyt, Some(i), Some(t)) => Some(Tensor::cat(&[i, t], 1)),
-        (ModelKind::Flyt, _, _) => None, // streamed: each step's [u; t]
-    };
-    let model = scoring_model(c, features.as_ref(), dim, &vs);
+    let model = scoring_model(c, upstream.features(), dim, &vs);
     if c.f64 {
         vs.double();
     }
@@ -579,20 +583,29 @@ pub fn train(c: &TrainConfig) -> Result<TrainReport> {
         "flyt_version": env!("CARGO_PKG_VERSION"),
         "inputs": input_versions(&[&[pool_dir.clone()][..], &c.downstream, &c.scores].concat()),
     });
-    match (on_disk, image, text, features) {
-        (None, Some(image), Some(text), Some(features)) => {
-            let pool_t = UpstreamPool { image, text, features };
-            drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
-                train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
-            })
+    match &upstream {
+        Upstream::InMemory(pool) => drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
+            train_flyt(scorer, st, pool, &tasks, &config, cb)
+        }),
+        Upstream::OnDisk(pool) => drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
+            train_flyt(scorer, st, pool, &tasks, &config, cb)
+        }),
+    }
+}
+
+/// Embedding mode's upstream pool: in memory, or left on disk with each step's rows read in place.
+enum Upstream {
+    InMemory(UpstreamPool),
+    OnDisk(flyt::train::StreamedPool),
+}
+
+impl Upstream {
+    /// The scoring features the head is built with: M-FLYT's columns, or FLYT's `[u; t]` when in memory.
+    fn features(&self) -> Option<&Tensor> {
+        match self {
+            Upstream::InMemory(p) => Some(&p.features),
+            Upstream::OnDisk(p) => p.features.as_ref(),
         }
-        (Some(pool), _, _, features) => {
-            let pool_t = flyt::train::StreamedPool { pool, features, kind, device: dev };
-            drive(c, scorer, &mut state, &meta, config.steps, notes, |st, cb| {
-                train_flyt(scorer, st, &pool_t, &tasks, &config, cb)
-            })
-        }
-        _ => unreachable!("in memory: embeddings and features are built"),
     }
 }
 
