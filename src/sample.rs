@@ -66,6 +66,11 @@ pub struct Sample {
     pub shard: Arc<str>,
     /// All members, in tar order.
     pub members: Vec<Member>,
+    /// Where each member's data starts in the shard file, aligned with `members`, when the shard is an
+    /// uncompressed tar read from a file ([`crate::ShardReader::open`]); empty otherwise (a compressed shard, a
+    /// stream, a built sample). With it a member can be read again in place ([`Sample::image_at`]).
+    #[serde(default)]
+    pub member_at: Vec<u64>,
     /// Index into `members` of the image, if any.
     pub image_member: Option<usize>,
     /// The image's format, if there is an image.
@@ -85,6 +90,20 @@ impl Sample {
     /// The image bytes, if the sample has an image.
     pub fn image(&self) -> Option<&[u8]> {
         self.image_member.and_then(|i| self.members.get(i)).map(|m| m.data.as_slice())
+    }
+
+    /// Where the image's bytes lie in the shard file: (offset, length), when known (see [`Sample::member_at`]).
+    pub fn image_at(&self) -> Option<(u64, usize)> {
+        self.member_span(self.image_member?)
+    }
+
+    /// Where the caption's bytes (the first `.txt` member) lie in the shard file, when known.
+    pub fn caption_at(&self) -> Option<(u64, usize)> {
+        self.member_span(self.members.iter().position(|m| m.ext == "txt")?)
+    }
+
+    fn member_span(&self, i: usize) -> Option<(u64, usize)> {
+        Some((*self.member_at.get(i)?, self.members.get(i)?.data.len()))
     }
 
     /// The image member's extension (`jpg`, `jpeg`, `png`, `webp`).

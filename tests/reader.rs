@@ -199,6 +199,19 @@ fn gzip_shards_read_like_plain_ones_and_truncated_gzip_is_a_reject() {
         a.iter().map(|s| (&s.key, s.uid)).collect::<Vec<_>>(),
         b.iter().map(|s| (&s.key, s.uid)).collect::<Vec<_>>()
     );
+    // Read from a plain file, each member's bytes are found again where the sample says they lie (what
+    // `flyt train --stream-pool` reads each step); from gzip there are no such places.
+    for s in &a {
+        assert_eq!(s.member_at.len(), s.members.len());
+        for (m, &at) in s.members.iter().zip(&s.member_at) {
+            assert_eq!(&bytes[at as usize..at as usize + m.data.len()], &m.data[..], "{} .{}", s.key, m.ext);
+        }
+        let (at, len) = s.image_at().unwrap();
+        assert_eq!(&bytes[at as usize..at as usize + len], s.image().unwrap());
+        let (at, len) = s.caption_at().unwrap();
+        assert_eq!(&bytes[at as usize..at as usize + len], s.caption.as_deref().unwrap().as_bytes());
+    }
+    assert!(b.iter().all(|s| s.member_at.is_empty() && s.image_at().is_none()));
     // Same shard name, so derived uids agree too.
     assert_eq!(flyt::shard_name(&gz_path), "00000001");
     let cut = dir.path().join("00000002.tar.gz");
@@ -365,4 +378,38 @@ fn random_damage_never_panics_and_always_reconciles() {
 fn missing_file_is_an_error_naming_it() {
     let err = ShardReader::open("/nonexistent/shard.tar", ReaderConfig::default()).err().unwrap();
     assert!(err.to_string().contains("/nonexistent/shard.tar"), "{err}");
+}
+
+/// Where each member lies in the file (what `flyt train --stream-pool` reads again each step) is right after
+/// GNU long-name entries and pax headers, as Python's `tarfile` writes them.
+#[test]
+fn member_places_survive_long_names_and_pax_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["GNU_FORMAT", "PAX_FORMAT"] {
+        let path = dir.path().join(format!("{format}.tar"));
+        common::run_python(
+            r#"
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=getattr(tarfile, sys.argv[2])) as t:
+    for i in range(5):
+        key = ("k" * (150 if i % 2 else 8)) + str(i)
+        for ext, data in (("jpg", bytes([i]) * (700 + 91 * i)), ("txt", f"caption é {i}".encode())):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            if i == 3:
+                info.pax_headers = {"comment": "x" * 600}
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+"#,
+            &[path.to_str().unwrap(), format],
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let (samples, rejects, _) = read(&path, ReaderConfig::default());
+        assert!(rejects.is_empty(), "{rejects:?}");
+        assert_eq!(samples.len(), 5);
+        for s in &samples {
+            for (m, &at) in s.members.iter().zip(&s.member_at) {
+                assert_eq!(&bytes[at as usize..at as usize + m.data.len()], &m.data[..], "{format} {}", s.key);
+            }
+        }
+    }
 }

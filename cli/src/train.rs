@@ -113,9 +113,11 @@ pub struct TrainArgs {
     /// ViT-B/32's [u; t] — else l14, else the only pair.
     #[arg(long)]
     pub embeddings: Option<String>,
-    /// Embedding mode: leave the pool's embeddings on disk and read each step's rows in place (the `.npz`
-    /// arrays must be stored, as `np.savez` and `flyt embed` write them), so memory does not grow with the
-    /// pool. The steps are those of the in-memory pool.
+    /// Leave the pool on disk and read each step's rows in place, so memory does not grow with the pool; the
+    /// steps are those of the in-memory pool. Embedding mode: the `.npz` arrays must be stored, as `np.savez`
+    /// and `flyt embed` write them. Full mode: the shards must be uncompressed tars, left unchanged while
+    /// training; the frozen CLIP's [u; t] go to a scratch file beside --out (deleted at exit), and the next
+    /// step's images are read and decoded on all cores while a step runs.
     #[arg(long)]
     pub stream_pool: bool,
     /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from; the reference

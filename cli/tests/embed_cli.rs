@@ -314,6 +314,35 @@ print(z["image"].shape, z["labels"].tolist(), z["prompts"].shape, float(np.abs(z
     let (side, plain) = full_dc("full_dc3", &["--no-augment"]);
     assert!(side.contains("\"augment\": false"));
     assert_ne!(aug, plain, "the crops change the losses");
+    // --stream-pool: the upstream images and captions read in place from the shard each step (decoded ahead of
+    // the step), the frozen [u; t] from a scratch file: the same losses as the pool held in memory, with and
+    // without the crops, and nothing left beside the output.
+    let (side, streamed) = full_dc("full_dc4", &["--stream-pool"]);
+    assert!(side.contains("\"pool_streamed\": true"), "{side}");
+    assert_eq!(aug, streamed, "the streamed pool changes the losses (augmented)");
+    let (_, streamed) = full_dc("full_dc5", &["--stream-pool", "--no-augment"]);
+    assert_eq!(plain, streamed, "the streamed pool changes the losses (centre crops)");
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path().join("full_dc5")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().starts_with(".tmp")), "{left:?}");
+    // A compressed shard cannot be read in place: an error naming it.
+    let gz = dir.path().join("gz");
+    std::fs::create_dir_all(&gz).unwrap();
+    py_args(
+        "import gzip, pathlib, sys\nfor p in pathlib.Path(sys.argv[1]).glob('*.tar'):\n    \
+         (pathlib.Path(sys.argv[2]) / (p.name + '.gz')).write_bytes(gzip.compress(p.read_bytes()))",
+        &[shards.to_str().unwrap(), gz.to_str().unwrap()],
+    );
+    let o = Command::new(flyt)
+        .args(["train", "flyt", "--reference", "full", "--model", model.to_str().unwrap()])
+        .args(["--shards", gz.to_str().unwrap(), "--down-shards", labelled.to_str().unwrap()])
+        .args(["--down-task", "mnist", "--datacomp-eval-dir", eval_dir.to_str().unwrap()])
+        .args(["--out", dir.path().join("full_gz").to_str().unwrap(), "--steps", "2", "--batch", "6"])
+        .args(["--down-batch", "5", "--device", "cpu", "--stream-pool"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(".tar.gz") && err.contains("uncompressed"), "{err}");
     // The reference from open_clip's names (the official code's): the towers as they are, the logit scale set
     // to 3; step 0's trace shows θ′ one small step from it.
     let hf: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(model.join("model.safetensors"))

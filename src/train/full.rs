@@ -4,6 +4,7 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::adamw::AdamW;
+use super::full_pool::{FullRows, pixels_in_memory};
 use super::lookahead::{
     Inner, LOGIT_SCALE_RANGE, Lookahead, LossScaler, Pieces, RefSettings, ReferenceState, downstream_direction, unscale,
 };
@@ -487,21 +488,6 @@ impl ReferenceState for FullReference {
     }
 }
 
-/// The upstream pool in full mode: preprocessed images (`crop × crop × 3` bytes each, decoded once), caption
-/// token ids (`P × L`), and the scoring model's features (`P × F`, e.g. the frozen CLIP's [u; t]).
-#[derive(Debug)]
-pub struct FullPool {
-    /// Preprocessed images, HWC bytes.
-    pub images: Vec<Vec<u8>>,
-    /// The images as read (encoded), aligned with `images`: with [`super::FlytConfig::augment`], each step
-    /// crops these at random instead of using `images`.
-    pub sources: Option<Vec<Vec<u8>>>,
-    /// Caption token ids.
-    pub ids: Tensor,
-    /// Scoring features.
-    pub features: Tensor,
-}
-
 /// A downstream task in full mode: preprocessed images with labels, prompt token ids `C × T × L` (class ×
 /// template), and optionally caption token ids `M × L` for the downstream CLIP loss.
 #[derive(Debug)]
@@ -524,46 +510,38 @@ pub struct FullTask {
 pub fn train_flyt_full(
     model: &(impl super::ScoringModel + ?Sized),
     state: &mut super::FlytState<FullReference>,
-    pool: &FullPool,
+    pool: &(impl FullRows + ?Sized),
     tasks: &[FullTask],
     config: &super::FlytConfig,
     mut on_step: impl FnMut(&super::StepLog) -> Result<bool>,
 ) -> Result<()> {
     use super::trainer::{StepBatches, TaskShape, check_inputs, finish_step, reference_lr};
-    let p = pool.images.len();
+    let p = pool.rows();
     let shapes: Vec<(usize, Vec<i64>)> = tasks.iter().map(|t| (t.images.len(), t.prompts.size())).collect();
     check_inputs(p, &shapes, config)?;
     let task_shapes: Vec<TaskShape> = shapes.iter().map(|(m, pr)| (*m, pr[0] as usize, pr[1] as usize)).collect();
     let crop = state.reference.model.config().vision_config.image_size as usize;
     let device = state.reference.rho.device();
     let kind = state.reference.rho.kind();
-    // Each row's pixels: its preprocessed image, or with augmentation a random resized crop of the image as read
-    // (the draws seeded by (seed, step), in batch order).
-    let pixels = |images: &[Vec<u8>], sources: Option<&Vec<Vec<u8>>>, idx: &[i64], rng: &mut SplitMix64| -> Tensor {
-        let owned: Vec<Vec<u8>> = idx
-            .iter()
-            .map(|&i| {
-                let i = i as usize;
-                match (&config.augment, sources.and_then(|s| s.get(i))) {
-                    (Some(a), Some(bytes)) => match crate::clip::preprocess::decode_rgb(bytes) {
-                        Ok(img) => crate::clip::preprocess::random_resized_crop(&img, crop, a.scale, a.ratio, rng),
-                        Err(_) => images[i].clone(),
-                    },
-                    _ => images[i].clone(),
-                }
-            })
-            .collect();
-        crate::clip::preprocess::to_pixels(&owned, crop).to_device(device).to_kind(kind)
-    };
+    let augment = config.augment.as_ref();
+    let to_pixels =
+        |images: &[Vec<u8>]| crate::clip::preprocess::to_pixels(images, crop).to_device(device).to_kind(kind);
     let rows =
         |t: &Tensor, idx: &[i64]| t.index_select(0, &Tensor::from_slice(idx).to_device(t.device())).to_device(device);
     let (names, mut params): (Vec<String>, Vec<Tensor>) = model.named_parameters().into_iter().unzip();
     while state.step < config.steps {
         let step = state.step;
         let b = StepBatches::for_step(config, step, p, &task_shapes)?;
+        if step + 1 < config.steps {
+            // The next step's rows, read ahead while this one runs (a pool on disk).
+            pool.ahead(&StepBatches::for_step(config, step + 1, p, &task_shapes)?.upstream, augment.is_some(), crop);
+        }
+        // Each row's pixels: its preprocessed image, or with augmentation a random resized crop of the image as
+        // read (the draws seeded by (seed, step), in batch order: the upstream rows, then each task's).
         let mut aug = SplitMix64::new(config.seed ^ 0xa06e_e17d ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let px = pixels(&pool.images, pool.sources.as_ref(), &b.upstream, &mut aug);
-        let (ids, feat) = (rows(&pool.ids, &b.upstream), rows(&pool.features, &b.upstream));
+        let up = pool.batch(&b.upstream, augment, crop, &mut aug)?;
+        let px = to_pixels(&up.images);
+        let (ids, feat) = (up.ids.to_device(device), up.features.to_device(device));
         let batches: Vec<PixelTaskBatch> = tasks
             .iter()
             .zip(&b.tasks)
@@ -577,7 +555,14 @@ pub fn train_flyt_full(
                     ])
                     .to_device(device);
                 PixelTaskBatch {
-                    pixels: pixels(&t.images, t.sources.as_ref(), &tb.rows, &mut aug),
+                    pixels: to_pixels(&pixels_in_memory(
+                        &t.images,
+                        t.sources.as_ref(),
+                        &tb.rows,
+                        augment,
+                        crop,
+                        &mut aug,
+                    )),
                     labels: Tensor::from_slice(&tb.rows.iter().map(|&i| t.labels[i as usize]).collect::<Vec<_>>())
                         .to_device(device),
                     prompts,

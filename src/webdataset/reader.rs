@@ -83,6 +83,8 @@ pub fn shard_name(path: &Path) -> String {
 struct Group {
     key: String,
     members: Vec<Member>,
+    /// Where each kept member's data starts in the shard file (only when the file is read uncompressed).
+    at: Vec<u64>,
     /// Members counted for this group whose data was not kept (oversized, or the one cut by truncation).
     dropped_members: u64,
     problem: Option<(RejectReason, String)>,
@@ -91,7 +93,7 @@ struct Group {
 
 impl Group {
     fn new(key: String) -> Self {
-        Group { key, members: Vec::new(), dropped_members: 0, problem: None, reappeared_exts: None }
+        Group { key, members: Vec::new(), at: Vec::new(), dropped_members: 0, problem: None, reappeared_exts: None }
     }
     fn member_count(&self) -> u64 {
         self.members.len() as u64 + self.dropped_members
@@ -187,6 +189,9 @@ pub struct ShardReader {
     stats: ShardStats,
     out: std::collections::VecDeque<Record>,
     finished: bool,
+    /// Whether positions in the stream are positions in the shard file (an uncompressed tar opened by path),
+    /// so samples carry where their members lie ([`Sample::member_at`]).
+    in_file: bool,
 }
 
 impl ShardReader {
@@ -202,7 +207,9 @@ impl ShardReader {
         };
         let inner: Box<dyn Read + Send> =
             if gz { Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buf))) } else { Box::new(buf) };
-        Ok(Self::from_reader(inner, path, &shard_name(path), config))
+        let mut reader = Self::from_reader(inner, path, &shard_name(path), config);
+        reader.in_file = !gz;
+        Ok(reader)
     }
 
     /// Reads a shard from any byte stream (uncompressed tar), naming it `shard`.
@@ -220,6 +227,7 @@ impl ShardReader {
             stats: ShardStats::default(),
             out: Default::default(),
             finished: false,
+            in_file: false,
         }
     }
 
@@ -347,6 +355,7 @@ impl ShardReader {
             self.current = Some(g);
         }
         let too_big = entry.size > self.config.max_member_bytes;
+        let at = self.tar.position();
         let result = if too_big {
             self.tar.skip_data(entry.size).map(|_| None)
         } else {
@@ -372,6 +381,7 @@ impl ShardReader {
                     g.flag(RejectReason::EmptyMember, format!("member {name:?} is empty"));
                 }
                 g.members.push(Member { ext, data });
+                g.at.push(at);
             }
         }
         Ok(())
@@ -511,6 +521,7 @@ impl ShardReader {
             key,
             shard: self.shard.clone(),
             members: g.members,
+            member_at: if self.in_file { g.at } else { Vec::new() },
             image_member,
             image_format,
             image_info,

@@ -100,15 +100,34 @@ fn padding(size: u64) -> usize {
     ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
 }
 
+/// A reader that counts the bytes read through it.
+pub(crate) struct Counted<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// Streaming reader of tar entries.
 pub(crate) struct TarReader<R> {
-    r: R,
+    r: Counted<R>,
     done: bool,
 }
 
 impl<R: Read> TarReader<R> {
     pub fn new(r: R) -> Self {
-        TarReader { r, done: false }
+        TarReader { r: Counted { inner: r, read: 0 }, done: false }
+    }
+
+    /// Bytes of the archive read so far: after [`TarReader::next_entry`], where the entry's data starts.
+    pub fn position(&self) -> u64 {
+        self.r.read
     }
 
     /// The next file-system entry, or `None` at the end of the archive (a zero block or a clean end of stream

@@ -275,6 +275,7 @@ impl SampleBuilder {
             key: self.key,
             shard: self.shard.into(),
             members: self.members,
+            member_at: Vec::new(),
             image_member: self.image,
             image_format,
             image_info,

@@ -66,8 +66,9 @@ pub struct TrainConfig {
     /// Embedding mode: the pool's `.npz` prefix (default: `b32`, the official scorer's OpenAI ViT-B/32 features,
     /// when the pool has it; else l14, else the only pair).
     pub embeddings: Option<String>,
-    /// Embedding mode: leave the pool's embeddings on disk and read each step's rows in place (stored `.npz`
-    /// arrays), so memory does not grow with the pool; the steps are the in-memory pool's.
+    /// Leave the pool on disk and read each step's rows in place, so memory does not grow with the pool; the
+    /// steps are the in-memory pool's. Embedding mode: stored `.npz` arrays; full mode: uncompressed tars (the
+    /// frozen CLIP's [u; t] in a scratch file beside `out`).
     pub stream_pool: bool,
     /// Embedding mode: the frozen CLIP (Hugging Face folder) the pool's embeddings came from, whose logit scale
     /// starts the reference (default: the curation's model when the pool is a `flyt curate` output's
@@ -709,7 +710,9 @@ fn drive<R: ReferenceState>(
 /// Full mode: the CLIP towers as the reference over WebDataset shards.
 fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     use flyt::clip::{ClipConfig, ClipTokenizer, Embedder, EmbedderConfig, preprocess};
-    use flyt::train::{FullPool, FullReference, FullTask, train_flyt_full};
+    use flyt::train::{
+        FullPool, FullReference, FullRows, FullTask, StreamedFeatures, StreamedFullPool, train_flyt_full,
+    };
     let model_dir = c.model.clone().ok_or_else(|| Error::Config("--model is needed in full mode".into()))?;
     if c.shards.is_empty() || c.down_shards.is_empty() {
         return Err(Error::Config(
@@ -724,9 +727,20 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     let embedder = Embedder::load(&model_dir, EmbedderConfig { device: dev, ..Default::default() })?;
     let dim = embedder.dim();
     // upstream: the frozen CLIP's [u; t] for the scoring model, preprocessed images (and the images as read, for
-    // augmentation) and caption tokens
+    // augmentation) and caption tokens; with --stream-pool, where each row's image and caption lie instead, and
+    // the [u; t] rows in a scratch file beside the output (deleted when the run ends)
+    let tokenizer = std::sync::Arc::new(tokenizer);
     let (mut images, mut sources, mut captions, mut uids, mut feats_img, mut feats_txt) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut files, mut at) = (Vec::new(), Vec::new());
+    let mut scratch = match (c.stream_pool, c.kind) {
+        (true, ModelKind::Flyt) => {
+            crate::jobs::create_dir(&c.out)?;
+            let f = tempfile::tempfile_in(&c.out).map_err(|e| Error::io(&c.out, e))?;
+            Some(std::io::BufWriter::with_capacity(1 << 20, f))
+        }
+        _ => None,
+    };
     let mut rejected = 0usize;
     for shard in expand_shards(&c.shards)? {
         let mut samples = Vec::new();
@@ -736,15 +750,48 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
                 flyt::Record::Rejected(_) => rejected += 1,
             }
         }
-        let by_key: HashMap<String, (Vec<u8>, String)> = samples
+        if c.stream_pool && samples.iter().any(|s| s.image_at().is_none()) {
+            return Err(flyt::Error::format(
+                &shard,
+                "shard",
+                "compressed: --stream-pool reads each step's images and captions in place, which needs an \
+                 uncompressed tar; store the shards uncompressed or train without --stream-pool",
+            )
+            .into());
+        }
+        let by_key: HashMap<String, (Vec<u8>, String, Option<flyt::train::RowAt>)> = samples
             .iter()
-            .map(|s| (s.key.clone(), (s.image().unwrap_or_default().to_vec(), s.caption.clone().unwrap_or_default())))
+            .map(|s| {
+                let place = s.image_at().map(|(image_at, image_len)| {
+                    let (caption_at, caption_len) = s.caption_at().unwrap_or((0, 0));
+                    flyt::train::RowAt {
+                        file: files.len() as u32,
+                        image_len: image_len as u32,
+                        image_at,
+                        caption_at,
+                        caption_len: caption_len as u32,
+                    }
+                });
+                let caption = s.caption.clone().unwrap_or_default();
+                (s.key.clone(), (s.image().unwrap_or_default().to_vec(), caption, place))
+            })
             .collect();
         let (emb, bad) = embedder.embed(samples.into_iter());
         rejected += bad.len();
         for (i, (uid, key)) in emb.ids.iter().enumerate() {
-            let (bytes, caption) = &by_key[key];
+            let (bytes, caption, place) = &by_key[key];
+            let (u, t) = (&emb.image[i * dim..(i + 1) * dim], &emb.text[i * dim..(i + 1) * dim]);
             match preprocess::preprocess(bytes, crop, crop) {
+                Ok(_) if c.stream_pool => {
+                    at.push(place.ok_or_else(|| flyt::Error::format(&shard, key.as_str(), "no place in the shard"))?);
+                    if let Some(w) = scratch.as_mut() {
+                        use std::io::Write;
+                        for v in u.iter().chain(t) {
+                            w.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&c.out, e))?;
+                        }
+                    }
+                    uids.push(*uid);
+                }
                 Ok(px) => {
                     images.push(px);
                     if c.augment {
@@ -752,18 +799,17 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
                     }
                     captions.push(caption.clone());
                     uids.push(*uid);
-                    feats_img.extend_from_slice(&emb.image[i * dim..(i + 1) * dim]);
-                    feats_txt.extend_from_slice(&emb.text[i * dim..(i + 1) * dim]);
+                    feats_img.extend_from_slice(u);
+                    feats_txt.extend_from_slice(t);
                 }
                 Err(_) => rejected += 1,
             }
         }
+        files.push(shard);
     }
-    if images.is_empty() {
+    if uids.is_empty() {
         return Err(Error::Incomplete("no upstream samples could be read".into()));
     }
-    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let ids = tokenizer.encode_batch(&refs);
     let mut tasks = Vec::new();
     for (dir, (names, template_file)) in c.down_shards.iter().zip(&task_files) {
         let classes = lines(names)?;
@@ -796,13 +842,16 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
         let sources = c.augment.then_some(srcs);
         tasks.push(FullTask { images: imgs, sources, labels, prompts, captions: None });
     }
+    // the scoring features in memory: M-FLYT's score columns, or (not streamed) the FLYT head's [u; t]
     let features = match c.kind {
-        ModelKind::Mflyt => matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev),
-        ModelKind::Flyt => Tensor::cat(&[matrix(&feats_img, dim, dev), matrix(&feats_txt, dim, dev)], 1),
+        ModelKind::Mflyt => Some(matrix(&score_matrix(&c.scores, &c.columns, &uids)?, c.columns.len(), dev)),
+        ModelKind::Flyt if c.stream_pool => None,
+        ModelKind::Flyt => Some(Tensor::cat(&[matrix(&feats_img, dim, dev), matrix(&feats_txt, dim, dev)], 1)),
     }
-    .to_kind(kind);
+    .map(|f| f.to_kind(kind));
+    drop((feats_img, feats_txt));
     let mut vs = tch::nn::VarStore::new(dev);
-    let model = scoring_model(c, Some(&features), dim, &vs);
+    let model = scoring_model(c, features.as_ref(), dim, &vs);
     if c.f64 {
         vs.double();
     }
@@ -823,7 +872,27 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
     }
     let start_log_tau = start_logit_scale(&reference);
     let mut state = FlytState { reference, score_opt: ParamAdamW::new(fc.adam, &scorer.named_parameters()), step: 0 };
-    let pool = FullPool { images, sources: c.augment.then_some(sources), ids, features };
+    let pool_rows = uids.len();
+    let pool: Box<dyn FullRows> = match (c.stream_pool, features) {
+        (true, features) => {
+            let features = match (features, scratch) {
+                (Some(f), _) => StreamedFeatures::InMemory(f),
+                (None, Some(w)) => StreamedFeatures::OnDisk {
+                    file: w.into_inner().map_err(|e| Error::io(&c.out, e.into_error()))?,
+                    width: 2 * dim,
+                    kind,
+                },
+                (None, None) => return Err(Error::Config("no scoring features for the streamed pool".into())),
+            };
+            Box::new(StreamedFullPool::new(files, at, tokenizer, features)?)
+        }
+        (false, features) => {
+            let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+            let ids = tokenizer.encode_batch(&refs);
+            let features = features.ok_or_else(|| Error::Config("no scoring features for the pool".into()))?;
+            Box::new(FullPool { images, sources: c.augment.then_some(sources), ids, features })
+        }
+    };
     crate::jobs::create_dir(&c.out)?;
     let classnames: Vec<String> = task_files.iter().map(|(n, _)| n.display().to_string()).collect();
     let meta = json!({
@@ -836,14 +905,17 @@ fn train_full(c: &TrainConfig, dev: Device) -> Result<TrainReport> {
         "down_shards": c.down_shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "classnames": classnames,
         "templates": task_files.iter().map(|(_, t)| t.as_ref().map(|p| p.display().to_string())).collect::<Vec<_>>(),
-        "pool_rows": uids.len(),
+        "pool_rows": pool_rows,
+        "pool_streamed": c.stream_pool,
         "ref_logit_scale": start_log_tau,
         "settings": settings_json(c),
         "config": format!("{fc:?}"),
         "flyt_version": env!("CARGO_PKG_VERSION"),
         "inputs": input_versions(&[&c.shards[..], &c.down_shards, &c.classnames, &c.templates, &c.scores, std::slice::from_ref(&weights)].concat()),
     });
-    drive(c, scorer, &mut state, &meta, fc.steps, notes, |st, cb| train_flyt_full(scorer, st, &pool, &tasks, &fc, cb))
+    drive(c, scorer, &mut state, &meta, fc.steps, notes, |st, cb| {
+        train_flyt_full(scorer, st, pool.as_ref(), &tasks, &fc, cb)
+    })
 }
 
 /// Full mode: each downstream task's class-name file and template file (None: the one default prompt) — given,
