@@ -7,6 +7,9 @@
 //!   `target/bench-data/`, or `$FLYT_BENCH_DATA`, and reused), a 1,000-class downstream task of 10,000
 //!   embedded images and 1 template a class; RUNS is `both` (in memory, then streamed) or `stream`. Default
 //!   10⁷ rows, 200 steps, batch 4096, downstream batch 3072 (the paper's), streamed only.
+//! `cargo bench -p flyt-pipelines --bench train_pool -- score [N]`
+//!   `flyt score` with the head the last streamed `embedding` run over N rows trained, over that pool: rows/s
+//!   and peak RSS (in a child process), against reading the pool's `.npz` arrays alone in the same run.
 //! `cargo bench -p flyt-pipelines --bench train_pool -- full [N] [STEPS] [BATCH]`
 //!   full reference mode (the CLIP towers) over N generated 160-px JPEG samples in uncompressed shards, a small
 //!   randomly initialised CLIP at 224 px with B/32's 512-d projection, 10 classes of labelled images; both runs.
@@ -32,10 +35,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let mode = args.first().cloned();
     let rest: Vec<String> = args.iter().skip(1).cloned().collect();
-    if mode.as_deref() != Some("full") {
+    if mode.is_none() || mode.as_deref() == Some("embedding") {
         embedding(bench, &rest);
     }
-    if mode.as_deref() != Some("embedding") {
+    if mode.is_none() || mode.as_deref() == Some("score") {
+        score(bench, &rest);
+    }
+    if mode.is_none() || mode.as_deref() == Some("full") {
         full(bench, &rest);
     }
 }
@@ -52,6 +58,21 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, bench: bool, full: T, sm
 fn child(spec: &str) {
     let f: Vec<&str> = spec.split('|').collect();
     let (mode, stream) = (f[0], f[1] == "1");
+    if mode == "score" {
+        let t = Instant::now();
+        let r = flyt_pipelines::score(&flyt_pipelines::ScoreConfig {
+            model: PathBuf::from(f[2]),
+            pool: Some(PathBuf::from(f[3])),
+            clip: None,
+            shards: Vec::new(),
+            scores: Vec::new(),
+            out: PathBuf::from(f[4]),
+            device: flyt::DeviceSpec::Cpu,
+        })
+        .expect("scoring");
+        println!("RESULT {:.3} {:.1} {}", t.elapsed().as_secs_f64(), peak_rss_mb(), r.rows);
+        return;
+    }
     let mut c = TrainConfig {
         stream_pool: stream,
         out: PathBuf::from(f[5]),
@@ -122,17 +143,11 @@ fn report(what: &str, runs: &[(&str, (f64, f64, String))], steps: usize) {
     }
 }
 
-fn embedding(bench: bool, args: &[String]) {
-    let n = arg(args, 0, bench, 10_000_000usize, 20_000);
-    let steps = arg(args, 1, bench, 200usize, 3);
-    let batch = arg(args, 2, bench, 4096usize, 64);
-    let down_batch = arg(args, 3, bench, 3072usize, 48);
-    let runs = arg(args, 4, bench, "stream".to_string(), "both".to_string());
-    let (classes, images, dim) = if bench { (1000, 10_000, 512) } else { (10, 200, 512) };
-    let (dir, _keep) = data_dir(bench);
+/// The generated embedding-mode pool of about `n` rows (written once), and its directory.
+fn pool_of(dir: &Path, n: usize, dim: usize) -> PathBuf {
     let per_shard = 100_000.min(n);
     let shards = n.div_ceil(per_shard);
-    let pool = dir.join(format!("pool-{}x{per_shard}-{dim}", shards));
+    let pool = dir.join(format!("pool-{shards}x{per_shard}-{dim}"));
     let done = pool.join(".complete");
     if !done.exists() {
         let t = Instant::now();
@@ -141,13 +156,69 @@ fn embedding(bench: bool, args: &[String]) {
             .write(&pool)
             .expect("writing the pool");
         std::fs::write(&done, b"").expect("marking the pool complete");
-        println!(
-            "embedding: wrote {} rows in {:.1} s to {}",
-            shards * per_shard,
-            t.elapsed().as_secs_f64(),
-            pool.display()
-        );
+        println!("wrote {} rows in {:.1} s to {}", shards * per_shard, t.elapsed().as_secs_f64(), pool.display());
     }
+    pool
+}
+
+fn score(bench: bool, args: &[String]) {
+    let n = arg(args, 0, bench, 10_000_000usize, 20_000);
+    let (dir, _keep) = data_dir(bench);
+    let pool = pool_of(&dir, n, 512);
+    let model = dir.join("train-streamed/checkpoint.safetensors");
+    if !model.exists() {
+        if bench {
+            println!("score: run the embedding mode over {n} rows first (its head is what is scored)");
+            return;
+        }
+        embedding(false, &[]);
+    }
+    // Baseline: the pool's arrays read alone (every row of every `.npz`), as the scorer reads them.
+    let t = Instant::now();
+    let mut rows = 0usize;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&pool)
+        .expect("the pool")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "npz"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let a = flyt::read_npz(f).expect("an npz");
+        rows += a.get("b32_img").map_or(0, |x| x.shape[0]);
+    }
+    let read_s = t.elapsed().as_secs_f64();
+    let out = dir.join("scored");
+    let _ = std::fs::remove_dir_all(&out);
+    let spec = ["score", "0", &model.to_string_lossy(), &pool.to_string_lossy(), &out.to_string_lossy()].join("|");
+    let o = Command::new(std::env::current_exe().expect("this binary"))
+        .env("FLYT_TRAIN_CHILD", spec)
+        .output()
+        .expect("running a child");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("RESULT ")).expect("a RESULT line");
+    let v: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().expect("a number")).collect();
+    assert_eq!(v[2] as usize, rows, "every row scored once");
+    println!(
+        "score: {rows} rows in {:.1} s = {:.0} rows/s, peak RSS {:.0} MB; reading the arrays alone: {read_s:.1} s \
+         ({:.0} rows/s); scoring / reading {:.2}",
+        v[0],
+        rows as f64 / v[0],
+        v[1],
+        rows as f64 / read_s,
+        v[0] / read_s
+    );
+}
+
+fn embedding(bench: bool, args: &[String]) {
+    let n = arg(args, 0, bench, 10_000_000usize, 20_000);
+    let steps = arg(args, 1, bench, 200usize, 3);
+    let batch = arg(args, 2, bench, 4096usize, 64);
+    let down_batch = arg(args, 3, bench, 3072usize, 48);
+    let runs = arg(args, 4, bench, "stream".to_string(), "both".to_string());
+    let (classes, images, dim) = if bench { (1000, 10_000, 512) } else { (10, 200, 512) };
+    let (dir, _keep) = data_dir(bench);
+    let pool = pool_of(&dir, n, dim);
     let task = dir.join(format!("task-{classes}x{images}-{dim}.npz"));
     if !task.exists() {
         use flyt::{NpyArray, NpyData};
@@ -177,9 +248,8 @@ fn embedding(bench: bool, args: &[String]) {
         .collect()
     };
     println!(
-        "embedding: {} rows × 512-d f16 [u; t], {steps} steps, batch {batch}, downstream {down_batch} of {images} \
-         images, {classes} classes",
-        shards * per_shard
+        "embedding: {n} rows × 512-d f16 [u; t], {steps} steps, batch {batch}, downstream {down_batch} of {images} \
+         images, {classes} classes"
     );
     let mut results = Vec::new();
     if runs == "both" {

@@ -48,7 +48,7 @@ impl Mix {
 /// use flyt_operators::{ExternalScore, Mix, MixScores, PoolRow};
 ///
 /// timely::example(|scope| {
-///     let row = PoolRow { shard: "s".into(), key: "k".into(), values: vec![0.5f32.to_bits()], ..Default::default() };
+///     let row = PoolRow { shard: "s".into(), values: vec![0.5f32.to_bits()], ..Default::default() };
 ///     let (_, pool) = scope.new_collection_from(vec![(Uid::from_u128(1), row)]);
 ///     let ext = ExternalScore { column: "aes".into(), file: "f.parquet".into(), value: 2.0f64.to_bits() };
 ///     let (_, external) = scope.new_collection_from(vec![(Uid::from_u128(1), ext)]);

@@ -10,14 +10,12 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 /// One scored row of a shard (the value of a `(Uid, PoolRow)` pool collection). Ordered by shard name, then
-/// key, then values, so "the least row of a uid" is a choice that does not depend on arrival order or on the
-/// number of workers.
+/// values, so "the least row of a uid" is a choice that does not depend on arrival order or on the number of
+/// workers. The sample's key and text stay in the shard's own tables (`OUT/shards/`), not in the pool.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PoolRow {
     /// The shard's name (its file name without extension).
     pub shard: String,
-    /// The sample's key in the shard.
-    pub key: String,
     /// Per-method scores as `f32` bit patterns, in the pipeline's internal column order.
     pub values: Vec<u32>,
     /// The first 128 bits of the SHA-256 of the image's bytes (DataComp's `sha256`), when known.
@@ -54,12 +52,11 @@ pub fn pool_rows(s: &ShardScores) -> Vec<(Uid, PoolRow)> {
     s.ids
         .iter()
         .enumerate()
-        .map(|(i, (uid, key))| {
+        .map(|(i, (uid, _key))| {
             (
                 *uid,
                 PoolRow {
                     shard: s.name.clone(),
-                    key: key.clone(),
                     values: s.columns.iter().map(|c| c[i].to_bits()).collect(),
                     bytes: s.content.get(i).and_then(|c| c.0),
                     pixels: s.content.get(i).and_then(|c| c.1),

@@ -94,8 +94,8 @@ fn hold<T: Timestamp, K: Ord, D>(
     rounds.entry(key).or_insert_with(|| (cap.delayed(&at, 0), Vec::new())).1.push(item);
 }
 
-/// The worker that holds `uid`'s clock.
-fn route(uid: &Uid) -> u64 {
+/// The worker that holds `uid`'s clock (and, upstream, its rows: [`crate::DedupUids`]).
+pub(crate) fn route(uid: &Uid) -> u64 {
     (uid.high() ^ uid.low().rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
 }
 

@@ -64,7 +64,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     if w >= 2.0 && keep.get(&uid).is_some_and(|k| *k > 0.5) {
                                         let row = PoolRow {
                                             shard: String::new(),
-                                            key: String::new(),
                                             values: vec![(1.0 + w).ln().to_bits()],
                                             ..Default::default()
                                         };

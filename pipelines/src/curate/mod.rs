@@ -9,7 +9,7 @@
 //!   │                                                               (per-shard files, then the commit record)
 //!   ├─ committed shard ─▶ ReplayShards (rows from its score table; retractions of replaced shards)
 //!   └─ score file ─▶ ReadScoreFiles
-//! pool rows (uid, shard, key, scores, content digests) ─▶ DedupUids ─▶ DedupContent ([dedup] exact)
+//! pool rows (uid, shard, scores, content digests) ─▶ DedupUids ─▶ DedupContent ([dedup] exact)
 //!   ─▶ SemDedup ([dedup.semantic]: each row's embedding read back from its shard, by cluster) ─▶ MixScores (M-FLYT over the methods' columns,
 //!   ⋈ external scores on uid) ─▶ SoftCapSample ─▶ PublishSubset: OUT/subset.npy, then OUT/manifest.json
 //! ```
