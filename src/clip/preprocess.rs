@@ -395,7 +395,14 @@ pub fn random_resized_crop(
     ratio: (f64, f64),
     rng: &mut crate::rng::SplitMix64,
 ) -> Vec<u8> {
-    let (top, left, h, w) = random_crop_box(img.width, img.height, scale, ratio, rng);
+    let crop_box = random_crop_box(img.width, img.height, scale, ratio, rng);
+    crop_and_resize(img, crop_box, size)
+}
+
+/// The crop (top, left, height, width) of [`random_resized_crop`] cut from `img` and resized to `size × size`
+/// (the draw and the work split, so that crops drawn in order can be cut on several threads).
+pub fn crop_and_resize(img: &RgbImage, crop_box: (usize, usize, usize, usize), size: usize) -> Vec<u8> {
+    let (top, left, h, w) = crop_box;
     let mut data = Vec::with_capacity(w * h * 3);
     for y in top..top + h {
         data.extend_from_slice(&img.data[(y * img.width + left) * 3..(y * img.width + left + w) * 3]);
@@ -405,7 +412,7 @@ pub fn random_resized_crop(
 
 /// `RandomResizedCrop.get_params`: the crop (top, left, height, width) of a `width × height` image, always
 /// inside it and at least 1 × 1.
-fn random_crop_box(
+pub fn random_crop_box(
     width: usize,
     height: usize,
     scale: (f64, f64),

@@ -356,18 +356,50 @@ impl FullRows for StreamedFullPool {
         let images = match augment {
             None => read.images,
             Some(a) => {
-                // As the in-memory pool: decode, then the crops drawn in row order.
+                // As the in-memory pool: each image decoded and cropped, the crops drawn in row order. A chunk of
+                // rows (one a thread) is decoded in parallel, its crops drawn in order, then cut in parallel.
+                let files = &self.shards.files;
                 let mut out = Vec::with_capacity(idx.len());
-                for (k, bytes) in read.images.iter().enumerate() {
-                    let r = self.shards.rows[idx[k] as usize];
-                    let img = preprocess::decode_rgb(bytes).map_err(|e| {
-                        Error::format(
-                            &self.shards.files[r.file as usize].0,
-                            format!("image at byte {}", r.image_at),
-                            format!("cannot be decoded: {e}"),
-                        )
-                    })?;
-                    out.push(preprocess::random_resized_crop(&img, crop, a.scale, a.ratio, rng));
+                for (k0, chunk) in read.images.chunks(self.threads.max(1)).enumerate() {
+                    let k0 = k0 * self.threads.max(1);
+                    let decoded: Vec<Result<preprocess::RgbImage>> = std::thread::scope(|s| {
+                        let hs: Vec<_> = chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(j, bytes)| {
+                                let r = self.shards.rows[idx[k0 + j] as usize];
+                                s.spawn(move || {
+                                    preprocess::decode_rgb(bytes).map_err(|e| {
+                                        Error::format(
+                                            &files[r.file as usize].0,
+                                            format!("image at byte {}", r.image_at),
+                                            format!("cannot be decoded: {e}"),
+                                        )
+                                    })
+                                })
+                            })
+                            .collect();
+                        hs.into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("a decoder panicked".into()))))
+                            .collect()
+                    });
+                    let decoded = decoded.into_iter().collect::<Result<Vec<_>>>()?;
+                    let boxes: Vec<_> = decoded
+                        .iter()
+                        .map(|img| preprocess::random_crop_box(img.width, img.height, a.scale, a.ratio, rng))
+                        .collect();
+                    let cut: Vec<Vec<u8>> = std::thread::scope(|s| {
+                        let hs: Vec<_> = decoded
+                            .iter()
+                            .zip(&boxes)
+                            .map(|(img, b)| s.spawn(move || preprocess::crop_and_resize(img, *b, crop)))
+                            .collect();
+                        hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+                    });
+                    if cut.iter().any(|c| c.len() != crop * crop * 3) {
+                        return Err(Error::Config("a crop failed".into()));
+                    }
+                    out.extend(cut);
                 }
                 out
             }
