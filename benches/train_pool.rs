@@ -116,16 +116,18 @@ fn run(spec: &[String]) -> (f64, f64, String) {
     (v[0], v[1], curve)
 }
 
-fn data_dir(bench: bool) -> (PathBuf, Option<tempfile::TempDir>) {
+/// Where the generated data go: `$FLYT_BENCH_DATA` or `target/bench-data/` (kept for the next run), or, under
+/// `cargo test`, one temporary directory for the whole smoke run.
+fn data_dir(bench: bool) -> PathBuf {
+    static SMOKE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     if !bench {
-        let t = tempfile::tempdir().expect("a temporary directory");
-        return (t.path().to_path_buf(), Some(t));
+        return SMOKE.get_or_init(|| tempfile::tempdir().expect("a temporary directory")).path().to_path_buf();
     }
     let d = std::env::var("FLYT_BENCH_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
     std::fs::create_dir_all(&d).expect("the bench data directory");
-    (d, None)
+    d
 }
 
 fn report(what: &str, runs: &[(&str, (f64, f64, String))], steps: usize) {
@@ -163,7 +165,7 @@ fn pool_of(dir: &Path, n: usize, dim: usize) -> PathBuf {
 
 fn score(bench: bool, args: &[String]) {
     let n = arg(args, 0, bench, 10_000_000usize, 20_000);
-    let (dir, _keep) = data_dir(bench);
+    let dir = data_dir(bench);
     let pool = pool_of(&dir, n, 512);
     let model = dir.join("train-streamed/checkpoint.safetensors");
     if !model.exists() {
@@ -217,7 +219,7 @@ fn embedding(bench: bool, args: &[String]) {
     let down_batch = arg(args, 3, bench, 3072usize, 48);
     let runs = arg(args, 4, bench, "stream".to_string(), "both".to_string());
     let (classes, images, dim) = if bench { (1000, 10_000, 512) } else { (10, 200, 512) };
-    let (dir, _keep) = data_dir(bench);
+    let dir = data_dir(bench);
     let pool = pool_of(&dir, n, dim);
     let task = dir.join(format!("task-{classes}x{images}-{dim}.npz"));
     if !task.exists() {
