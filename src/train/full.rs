@@ -532,14 +532,14 @@ pub fn train_flyt_full(
     while state.step < config.steps {
         let step = state.step;
         let b = StepBatches::for_step(config, step, p, &task_shapes)?;
-        if step + 1 < config.steps {
-            // The next step's rows, read ahead while this one runs (a pool on disk).
-            pool.ahead(&StepBatches::for_step(config, step + 1, p, &task_shapes)?.upstream, augment.is_some(), crop);
-        }
         // Each row's pixels: its preprocessed image, or with augmentation a random resized crop of the image as
         // read (the draws seeded by (seed, step), in batch order: the upstream rows, then each task's).
         let mut aug = SplitMix64::new(config.seed ^ 0xa06e_e17d ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         let up = pool.batch(&b.upstream, augment, crop, &mut aug)?;
+        if step + 1 < config.steps {
+            // The next step's rows, read ahead while this one runs (a pool on disk).
+            pool.ahead(&StepBatches::for_step(config, step + 1, p, &task_shapes)?.upstream, augment.is_some(), crop);
+        }
         let px = to_pixels(&up.images);
         let (ids, feat) = (up.ids.to_device(device), up.features.to_device(device));
         let batches: Vec<PixelTaskBatch> = tasks

@@ -156,6 +156,9 @@ impl std::fmt::Debug for StreamedFeatures {
     }
 }
 
+/// A read started ahead: (rows, decoded, crop), and the thread doing it.
+type Pending = ((Vec<i64>, bool, usize), JoinHandle<Result<ReadRows>>);
+
 /// What the reading threads share.
 #[derive(Debug)]
 struct Shards {
@@ -168,9 +171,6 @@ struct Shards {
 /// One batch as read from disk: each row's image (preprocessed, or as read when it is to be cropped at random),
 /// caption and feature values.
 struct ReadRows {
-    idx: Vec<i64>,
-    decoded: bool,
-    crop: usize,
     images: Vec<Vec<u8>>,
     captions: Vec<String>,
     features: Vec<f32>,
@@ -250,7 +250,7 @@ impl Shards {
                 }
             }
         }
-        Ok(ReadRows { idx: idx.to_vec(), decoded: decode, crop, images, captions, features })
+        Ok(ReadRows { images, captions, features })
     }
 }
 
@@ -264,7 +264,8 @@ pub struct StreamedFullPool {
     memory_features: Option<Tensor>,
     kind: Kind,
     threads: usize,
-    pending: Mutex<Option<JoinHandle<Result<ReadRows>>>>,
+    /// The read started ahead: its rows, decoded or not, and the thread.
+    pending: Mutex<Option<Pending>>,
 }
 
 impl std::fmt::Debug for StreamedFullPool {
@@ -307,14 +308,14 @@ impl StreamedFullPool {
     /// Bytes of index per row.
     pub const INDEX_BYTES_PER_ROW: usize = std::mem::size_of::<RowAt>();
 
-    fn take_pending(&self) -> Option<JoinHandle<Result<ReadRows>>> {
+    fn take_pending(&self) -> Option<Pending> {
         self.pending.lock().ok().and_then(|mut p| p.take())
     }
 }
 
 impl Drop for StreamedFullPool {
     fn drop(&mut self) {
-        if let Some(h) = self.take_pending() {
+        if let Some((_, h)) = self.take_pending() {
             let _ = h.join();
         }
     }
@@ -326,13 +327,13 @@ impl FullRows for StreamedFullPool {
     }
 
     fn ahead(&self, idx: &[i64], augment: bool, crop: usize) {
-        if let Some(h) = self.take_pending() {
+        if let Some((_, h)) = self.take_pending() {
             let _ = h.join();
         }
-        let (shards, idx, threads) = (self.shards.clone(), idx.to_vec(), self.threads);
-        let h = std::thread::spawn(move || shards.read(&idx, !augment, crop, threads));
+        let (shards, rows, threads) = (self.shards.clone(), idx.to_vec(), self.threads);
+        let h = std::thread::spawn(move || shards.read(&rows, !augment, crop, threads));
         if let Ok(mut p) = self.pending.lock() {
-            *p = Some(h);
+            *p = Some(((idx.to_vec(), !augment, crop), h));
         }
     }
 
@@ -344,10 +345,18 @@ impl FullRows for StreamedFullPool {
         rng: &mut SplitMix64,
     ) -> Result<FullRowsBatch> {
         let decode = augment.is_none();
-        let ready = match self.take_pending().map(|h| h.join()) {
-            Some(Ok(Ok(r))) if r.idx == idx && r.decoded == decode && r.crop == crop => Some(r),
-            Some(Ok(Err(e))) => return Err(e),
-            _ => None,
+        // The read started ahead, when it is this step's (its failure is this step's); another is discarded.
+        let ready = match self.take_pending() {
+            Some(((rows, decoded, c), h)) if rows == idx && decoded == decode && c == crop => match h.join() {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => None,
+            },
+            Some((_, h)) => {
+                let _ = h.join();
+                None
+            }
+            None => None,
         };
         let read = match ready {
             Some(r) => r,

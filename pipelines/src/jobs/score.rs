@@ -139,10 +139,22 @@ pub fn score(cfg: &ScoreConfig) -> Result<ScoreReport> {
     let loaded = Arc::new(Loaded::load(&methods, &mi, 1)?);
     let columns = columns_of(&methods);
     let shards: Arc<Mutex<Vec<Got>>> = Default::default();
+    // A head's scores are final once a shard is assembled: its table is written as soon as the shards before it
+    // (in name order) are, so only the uids seen so far stay in memory. A mixer's come at the end.
+    let mut names: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Shard { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    let tables = Arc::new(Mutex::new(Tables::new(cfg.out.clone(), names)));
     let mixed: Arc<Mutex<HashMap<Uid, i64>>> = Default::default();
     let mixed_scores: Arc<Mutex<HashMap<Uid, u64>>> = Default::default();
     {
-        let (shards, mixed_scores, mixed) = (shards.clone(), mixed_scores.clone(), mixed.clone());
+        let (shards, mixed_scores, mixed, tables) =
+            (shards.clone(), mixed_scores.clone(), mixed.clone(), tables.clone());
         let (columns, mix) = (columns.clone(), mix.clone());
         run_finite(timely::Config::thread(), jobs, move |_| -> Result<Wire> {
             let embedder = match &embedder {
@@ -171,13 +183,20 @@ pub fn score(cfg: &ScoreConfig) -> Result<ScoreReport> {
                 counters: Arc::new(Counters::default()),
             };
             let (shards, mixed_scores, mixed, mix) = (shards.clone(), mixed_scores.clone(), mixed.clone(), mix.clone());
+            let tables = tables.clone();
+            let head = mix.is_none();
             Ok(Box::new(move |_scope, jobs| {
                 let assembled = front.assemble(jobs.clone()).inspect(move |r| {
                     let g = match r {
                         Ok(s) => Ok((s.name.clone(), s.embeddings.ids.clone(), s.columns.clone())),
                         Err(e) => Err(e.clone()),
                     };
-                    if let Ok(mut v) = shards.lock() {
+                    if head {
+                        if let Ok(mut t) = tables.lock() {
+                            t.add(g);
+                            t.write_ready(false);
+                        }
+                    } else if let Ok(mut v) = shards.lock() {
                         v.push(g);
                     }
                 });
@@ -207,6 +226,20 @@ pub fn score(cfg: &ScoreConfig) -> Result<ScoreReport> {
                 }
             }))
         })?;
+    }
+    if mix.is_none() {
+        let mut t = tables.lock().map_err(|_| Error::Dataflow("a worker panicked".into()))?;
+        t.write_ready(true);
+        if let Some(e) = t.error.take() {
+            return Err(e);
+        }
+        return Ok(ScoreReport {
+            kind: info.kind,
+            step: info.step,
+            rows: t.seen.len(),
+            files: t.files,
+            seconds: start.elapsed().as_secs_f64(),
+        });
     }
     let mut shards = std::mem::take(&mut *shards.lock().map_err(|_| Error::Dataflow("a worker panicked".into()))?);
     shards.sort_by_key(|r| match r {
@@ -256,6 +289,80 @@ pub fn score(cfg: &ScoreConfig) -> Result<ScoreReport> {
         files: outputs.len(),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A head's score tables, written in shard-name order as the shards come in.
+struct Tables {
+    out: PathBuf,
+    /// The shards' names, in order.
+    order: Vec<String>,
+    /// The next in `order` to write.
+    next: usize,
+    /// Shards in, not written yet.
+    waiting: HashMap<String, Got>,
+    /// Uids written (one row per uid: the first shard in name order has it).
+    seen: HashSet<Uid>,
+    files: usize,
+    /// The first failure in name order (nothing after it is written).
+    error: Option<Error>,
+}
+
+impl Tables {
+    fn new(out: PathBuf, order: Vec<String>) -> Self {
+        Tables { out, order, next: 0, waiting: HashMap::new(), seen: HashSet::new(), files: 0, error: None }
+    }
+
+    fn add(&mut self, g: Got) {
+        let name = match &g {
+            Ok((n, ..)) | Err((n, _)) => n.clone(),
+        };
+        self.waiting.insert(name, g);
+    }
+
+    /// Writes the waiting shards whose predecessors are written; with `all`, every waiting shard (in name order).
+    fn write_ready(&mut self, all: bool) {
+        if all {
+            // A shard the job list did not name (none expected) is written after the others, by name.
+            let mut extra: Vec<String> = self.waiting.keys().filter(|n| !self.order.contains(n)).cloned().collect();
+            extra.sort();
+            self.order.extend(extra);
+        }
+        loop {
+            if self.error.is_some() {
+                self.waiting.clear();
+                return;
+            }
+            let name = match self.order.get(self.next) {
+                Some(n) if self.waiting.contains_key(n) => n.clone(),
+                Some(_) if all => {
+                    self.next += 1;
+                    continue;
+                }
+                _ => break,
+            };
+            self.next += 1;
+            let Some(g) = self.waiting.remove(&name) else { continue };
+            let (name, ids, cols) = match g {
+                Ok(g) => g,
+                Err((_, e)) => {
+                    self.error = Some(Error::Incomplete(e));
+                    continue;
+                }
+            };
+            let (mut keep, mut scores) = (Vec::new(), Vec::new());
+            for (i, (uid, key)) in ids.into_iter().enumerate() {
+                if self.seen.insert(uid) {
+                    keep.push((uid, key));
+                    scores.push(cols[0][i]);
+                }
+            }
+            let path = self.out.join(format!("{name}_scores.parquet"));
+            match flyt::write_score_table(path, &keep, &[], &[("score", &scores)]) {
+                Ok(()) => self.files += 1,
+                Err(e) => self.error = Some(e.into()),
+            }
+        }
+    }
 }
 
 /// A shard's rows and columns, or why it failed.
