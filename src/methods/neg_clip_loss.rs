@@ -1,6 +1,6 @@
 //! negCLIPLoss (Wang et al. 2024): the CLIP score corrected by the normalisation term of the CLIP loss.
 
-use super::{normalized, rows_of, tensor, to_vec};
+use super::{normalized, rows_of, tensor};
 use crate::rng::SplitMix64;
 use crate::{Error, Result, Uid};
 
@@ -140,9 +140,15 @@ pub fn neg_clip_loss_in_batches(
         return Ok(Vec::new());
     }
     let _guard = tch::no_grad_guard();
-    let u = tensor(&normalized(image, dim), dim, device);
-    let v = tensor(&normalized(text, dim), dim, device);
-    let clip = to_vec(&(&u * &v).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float))?;
+    // In f64: an f32 matmul's last bits depend on how many threads the BLAS used (which varies with what else
+    // runs), so the same shard could score differently in two runs; rounded to f32 at the end, f64's do not.
+    let f64s = |t: &tch::Tensor| -> Result<Vec<f64>> {
+        let t = t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous();
+        Vec::<f64>::try_from(&t).map_err(|e| Error::Config(format!("tensor to vector: {e}")))
+    };
+    let u = tensor(&normalized(image, dim), dim, device).to_kind(tch::Kind::Double);
+    let v = tensor(&normalized(text, dim), dim, device).to_kind(tch::Kind::Double);
+    let clip = f64s(&(&u * &v).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Double))?;
     let nominal = batch_size.min(n);
     let mut r = vec![0f64; n];
     for part in partitions {
@@ -154,11 +160,11 @@ pub fn neg_clip_loss_in_batches(
             let rows = logits.logsumexp([1i64].as_slice(), false);
             let cols = logits.logsumexp([0i64].as_slice(), false);
             let shift = temperature * (nominal as f64 / batch.len() as f64).ln();
-            for (&i, t) in batch.iter().zip(to_vec(&((rows + cols) * (temperature / 2.0)))?) {
-                r[i as usize] += t as f64 + shift;
+            for (&i, t) in batch.iter().zip(f64s(&((rows + cols) * (temperature / 2.0)))?) {
+                r[i as usize] += t + shift;
             }
         }
     }
     let k = partitions.len() as f64;
-    Ok(clip.iter().zip(&r).map(|(&c, &ri)| (c as f64 - ri / k) as f32).collect())
+    Ok(clip.iter().zip(&r).map(|(&c, &ri)| (c - ri / k) as f32).collect())
 }
