@@ -100,10 +100,8 @@ fn child(spec: &str) {
     println!("RESULT {:.3} {:.1}", t.elapsed().as_secs_f64(), peak_rss_mb());
 }
 
-/// Runs one training in a child process; returns (seconds, peak RSS in MB, the loss curve).
-fn run(spec: &[String]) -> (f64, f64, String) {
-    let out = Path::new(&spec[5]).to_path_buf();
-    let _ = std::fs::remove_dir_all(&out);
+/// Runs `spec` in a child process of this binary; returns the numbers of its `RESULT` line.
+fn child_result(spec: &[String]) -> Vec<f64> {
     let o = Command::new(std::env::current_exe().expect("this binary"))
         .env("FLYT_TRAIN_CHILD", spec.join("|"))
         .output()
@@ -111,7 +109,14 @@ fn run(spec: &[String]) -> (f64, f64, String) {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     let line = stdout.lines().find(|l| l.starts_with("RESULT ")).expect("a RESULT line");
-    let v: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().expect("a number")).collect();
+    line.split_whitespace().skip(1).map(|x| x.parse().expect("a number")).collect()
+}
+
+/// Runs one training in a child process; returns (seconds, peak RSS in MB, the loss curve).
+fn run(spec: &[String]) -> (f64, f64, String) {
+    let out = Path::new(&spec[5]).to_path_buf();
+    let _ = std::fs::remove_dir_all(&out);
+    let v = child_result(spec);
     let curve = std::fs::read_to_string(out.join("losses.csv")).expect("losses.csv");
     (v[0], v[1], curve)
 }
@@ -191,15 +196,8 @@ fn score(bench: bool, args: &[String]) {
     let read_s = t.elapsed().as_secs_f64();
     let out = dir.join("scored");
     let _ = std::fs::remove_dir_all(&out);
-    let spec = ["score", "0", &model.to_string_lossy(), &pool.to_string_lossy(), &out.to_string_lossy()].join("|");
-    let o = Command::new(std::env::current_exe().expect("this binary"))
-        .env("FLYT_TRAIN_CHILD", spec)
-        .output()
-        .expect("running a child");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    let line = stdout.lines().find(|l| l.starts_with("RESULT ")).expect("a RESULT line");
-    let v: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().expect("a number")).collect();
+    let spec = ["score", "0", &model.to_string_lossy(), &pool.to_string_lossy(), &out.to_string_lossy()];
+    let v = child_result(&spec.map(|s| s.to_string()));
     assert_eq!(v[2] as usize, rows, "every row scored once");
     println!(
         "score: {rows} rows in {:.1} s = {:.0} rows/s, peak RSS {:.0} MB; reading the arrays alone: {read_s:.1} s \
